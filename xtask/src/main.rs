@@ -1,1 +1,39 @@
-fn main() {}
+//! `cargo xtask <task>`: the project's build tasks. Parsing and dispatch only; the work lives
+//! in the `pipeline`, `repro` and `luabc` crates.
+
+mod pin;
+mod vendor;
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+#[derive(Parser)]
+#[command(name = "cargo xtask", about = "Build a fully static nginx from pinned sources")]
+struct Cli {
+    #[command(subcommand)]
+    task: Task,
+}
+
+#[derive(Subcommand)]
+enum Task {
+    /// Fetch every pinned source, verify it, and unpack it under vendor/.
+    Vendor(vendor::Args),
+    /// Add or update one pin from a mirror: fetch, hash the unpacked tree, rewrite the lockfile.
+    Pin(pin::Args),
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let result = match cli.task {
+        Task::Vendor(args) => vendor::run(args),
+        Task::Pin(args) => pin::run(args),
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}

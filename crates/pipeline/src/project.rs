@@ -1,0 +1,67 @@
+//! Where things live: the checkout, its pins, the vendored trees, the store.
+
+use std::path::{Path, PathBuf};
+
+use repro::{fetch, Fetcher, Lockfile, Pin, Result, Store, Verified};
+
+/// Overrides the store's location (default: the per-user cache directory).
+pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
+/// Every timestamp a build records.
+pub const SOURCE_DATE_EPOCH: &str = "1700000000";
+
+pub struct Project {
+    pub root: PathBuf,
+    pub store: Store,
+    fetcher: Fetcher,
+}
+
+impl Project {
+    /// The checkout this crate was built from.
+    pub fn from_checkout() -> Result<Project> {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../..");
+        let root = root.canonicalize().map_err(|e| repro::Error::with_source(format!("cannot resolve {}", root.display()), e))?;
+        Project::at(root)
+    }
+
+    pub fn at(root: PathBuf) -> Result<Project> {
+        let store_root = Store::default_root(STORE_ENV, "static-nginx");
+        let fetcher = Fetcher::new(store_root.join("../fetch"));
+        Ok(Project { root, store: Store::open(store_root)?, fetcher })
+    }
+
+    pub fn lockfile_path(&self) -> PathBuf {
+        self.root.join("lockfiles/sources.toml")
+    }
+
+    pub fn lockfile(&self) -> Result<Lockfile> {
+        Lockfile::open(&self.lockfile_path())
+    }
+
+    pub fn vendor_dir(&self) -> PathBuf {
+        self.root.join("vendor")
+    }
+
+    pub fn fetcher(&self) -> &Fetcher {
+        &self.fetcher
+    }
+
+    /// The verified tree of one pin, fetched unless `offline`.
+    pub fn source(&self, name: &str, offline: bool) -> Result<Source> {
+        let pin = self.lockfile()?.pin(name)?;
+        let verified = fetch::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
+        Ok(Source { pin, verified })
+    }
+}
+
+/// A pinned source, verified on disk.
+#[derive(Clone, Debug)]
+pub struct Source {
+    pub pin: Pin,
+    pub verified: Verified,
+}
+
+impl Source {
+    pub fn path(&self) -> &Path {
+        &self.verified.path
+    }
+}
