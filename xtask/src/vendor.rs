@@ -16,10 +16,8 @@ pub fn run(args: Args) -> Result<()> {
     for pin in &pins {
         let started = Instant::now();
         let verified = fetch::vendor(pin, &project.vendor_dir(), project.fetcher(), args.offline)?;
-        let how = match &verified.mirror {
-            Some(mirror) => format!("fetched from {mirror}"),
-            None => "already verified".to_owned(),
-        };
+        let origin = verified.origin.as_deref().unwrap_or("unknown mirror");
+        let how = if verified.fetched { format!("fetched from {origin}") } else { "already verified".to_owned() };
         println!("{:<22} {:<12} {} ({how}, {:.1}s)", pin.name, pin.version, pin.tree, started.elapsed().as_secs_f64());
     }
     Ok(())

@@ -22,8 +22,10 @@ pub struct Fetcher {
 pub struct Verified {
     pub path: PathBuf,
     pub tree: TreeHash,
-    /// `None` when the tree was already there.
-    pub mirror: Option<Mirror>,
+    /// The mirror the tree was fetched from, as recorded beside it when it was fetched.
+    pub origin: Option<String>,
+    /// `true` when this call fetched it, `false` when it was already there.
+    pub fetched: bool,
 }
 
 impl Fetcher {
@@ -271,11 +273,13 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
 pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result<Verified> {
     fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
     let dest = dir.join(format!("{}-{}", pin.name, pin.version));
+    let origin_file = dir.join(format!("{}-{}.origin", pin.name, pin.version));
     let _lock = FileLock::acquire(&dir.join(format!(".{}.lock", pin.name)))?;
     if dest.exists() {
         let tree = TreeHash::of_dir(&dest)?;
         if tree == pin.tree {
-            return Ok(Verified { path: dest, tree, mirror: None });
+            let origin = fs::read_to_string(&origin_file).ok().map(|s| s.trim().to_owned());
+            return Ok(Verified { path: dest, tree, origin, fetched: false });
         }
         if offline {
             bail!(
@@ -294,7 +298,11 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
         let attempt = fetch_verified(pin, mirror, fetcher, &scratch, &dest);
         let _ = fs::remove_dir_all(&scratch);
         match attempt {
-            Ok(tree) => return Ok(Verified { path: dest, tree, mirror: Some(mirror.clone()) }),
+            Ok(tree) => {
+                let origin = mirror.to_string();
+                fs::write(&origin_file, format!("{origin}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
+                return Ok(Verified { path: dest, tree, origin: Some(origin), fetched: true });
+            }
             Err(e) => failures.push(format!("  - {mirror}: {e}")),
         }
     }
