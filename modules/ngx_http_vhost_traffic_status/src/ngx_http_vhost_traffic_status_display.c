@@ -1,0 +1,1117 @@
+
+/*
+ * Virtual-host traffic status: the status page (JSON, Prometheus, HTML).
+ *
+ * The whole body is built into a chain of memory buffers first, so that
+ * Content-Length is known and the page works as a subrequest
+ * (e.g. ngx.location.capture) and for HEAD.
+ */
+
+
+#include "ngx_http_vhost_traffic_status_module.h"
+
+
+#define NGX_HTTP_VTS_OUT_BUF_SIZE  16384
+#define NGX_HTTP_VTS_OUT_FMT_MAX   512
+
+
+typedef struct {
+    ngx_pool_t                 *pool;
+    ngx_chain_t                *first;
+    ngx_chain_t               **last;
+    ngx_buf_t                  *b;
+    off_t                       size;
+    ngx_uint_t                  error;
+} ngx_http_vts_out_t;
+
+
+typedef struct {
+    uint64_t                    accepted;
+    uint64_t                    active;
+    uint64_t                    handled;
+    uint64_t                    reading;
+    uint64_t                    requests;
+    uint64_t                    waiting;
+    uint64_t                    writing;
+} ngx_http_vts_conns_t;
+
+
+typedef struct {
+    ngx_http_request_t         *r;
+    ngx_http_vts_out_t         *out;
+    ngx_http_vts_snapshot_t    *snap;
+    ngx_http_vts_main_conf_t   *vmcf;
+    ngx_http_vts_conns_t        conns;
+    uint64_t                    now_msec;
+    ngx_str_t                   hostname;
+} ngx_http_vts_page_t;
+
+
+static u_char *ngx_http_vts_out_reserve(ngx_http_vts_out_t *out, size_t n);
+static void ngx_http_vts_out_raw(ngx_http_vts_out_t *out, u_char *data,
+    size_t len);
+static void ngx_http_vts_out_fmt(ngx_http_vts_out_t *out,
+    const char *fmt, ...);
+static void ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
+static void ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s);
+static void ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
+
+static void ngx_http_vts_prometheus(ngx_http_vts_page_t *pg);
+static void ngx_http_vts_json(ngx_http_vts_page_t *pg);
+static void ngx_http_vts_html(ngx_http_vts_page_t *pg);
+
+
+#define ngx_http_vts_out_str(out, s)                                          \
+    ngx_http_vts_out_raw(out, (u_char *) s, sizeof(s) - 1)
+
+
+static ngx_str_t  ngx_http_vts_nginx_version = ngx_string(NGINX_VERSION);
+static ngx_str_t  ngx_http_vts_module_version =
+    ngx_string(NGX_HTTP_VTS_MODULE_VERSION);
+
+
+/* output buffers */
+
+static u_char *
+ngx_http_vts_out_reserve(ngx_http_vts_out_t *out, size_t n)
+{
+    size_t        size;
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    if (out->error) {
+        return NULL;
+    }
+
+    if (out->b != NULL && (size_t) (out->b->end - out->b->last) >= n) {
+        return out->b->last;
+    }
+
+    size = ngx_max(n, NGX_HTTP_VTS_OUT_BUF_SIZE);
+
+    b = ngx_create_temp_buf(out->pool, size);
+    if (b == NULL) {
+        out->error = 1;
+        return NULL;
+    }
+
+    cl = ngx_alloc_chain_link(out->pool);
+    if (cl == NULL) {
+        out->error = 1;
+        return NULL;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    *out->last = cl;
+    out->last = &cl->next;
+    out->b = b;
+
+    return b->last;
+}
+
+
+static void
+ngx_http_vts_out_raw(ngx_http_vts_out_t *out, u_char *data, size_t len)
+{
+    u_char  *p;
+
+    p = ngx_http_vts_out_reserve(out, len);
+    if (p == NULL) {
+        return;
+    }
+
+    out->b->last = ngx_cpymem(p, data, len);
+    out->size += len;
+}
+
+
+/* only for numbers and short constant strings: at most 512 bytes */
+
+static void
+ngx_http_vts_out_fmt(ngx_http_vts_out_t *out, const char *fmt, ...)
+{
+    u_char   *p, *last;
+    va_list   args;
+
+    p = ngx_http_vts_out_reserve(out, NGX_HTTP_VTS_OUT_FMT_MAX);
+    if (p == NULL) {
+        return;
+    }
+
+    va_start(args, fmt);
+    last = ngx_vslprintf(p, p + NGX_HTTP_VTS_OUT_FMT_MAX, fmt, args);
+    va_end(args);
+
+    out->size += last - p;
+    out->b->last = last;
+}
+
+
+/* Prometheus label value: escapes backslash, double quote and newline */
+
+static void
+ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
+{
+    u_char      *p, *src, *end;
+
+    p = ngx_http_vts_out_reserve(out, s->len * 2);
+    if (p == NULL) {
+        return;
+    }
+
+    src = s->data;
+    end = s->data + s->len;
+
+    while (src < end) {
+        switch (*src) {
+
+        case '\\':
+            *p++ = '\\'; *p++ = '\\';
+            break;
+
+        case '"':
+            *p++ = '\\'; *p++ = '"';
+            break;
+
+        case '\n':
+            *p++ = '\\'; *p++ = 'n';
+            break;
+
+        default:
+            *p++ = *src;
+        }
+
+        src++;
+    }
+
+    out->size += p - out->b->last;
+    out->b->last = p;
+}
+
+
+/*
+ * A quoted JSON string.  Control characters are escaped; bytes that are
+ * not part of valid UTF-8 are emitted as \u00XX so the output is always
+ * valid JSON.
+ */
+
+static void
+ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s)
+{
+    u_char           *p, *src, *end, *next;
+    uint32_t          cp;
+    static u_char     hex[] = "0123456789abcdef";
+
+    p = ngx_http_vts_out_reserve(out, s->len * 6 + 2);
+    if (p == NULL) {
+        return;
+    }
+
+    *p++ = '"';
+
+    src = s->data;
+    end = s->data + s->len;
+
+    while (src < end) {
+
+        if (*src >= 0x80) {
+            next = src;
+            cp = ngx_utf8_decode(&next, end - src);
+
+            if (cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff)) {
+                p = ngx_cpymem(p, src, next - src);
+                src = next;
+                continue;
+            }
+
+            goto escape;
+        }
+
+        switch (*src) {
+
+        case '"':
+            *p++ = '\\'; *p++ = '"';
+            break;
+
+        case '\\':
+            *p++ = '\\'; *p++ = '\\';
+            break;
+
+        case '\n':
+            *p++ = '\\'; *p++ = 'n';
+            break;
+
+        case '\r':
+            *p++ = '\\'; *p++ = 'r';
+            break;
+
+        case '\t':
+            *p++ = '\\'; *p++ = 't';
+            break;
+
+        default:
+            if (*src < 0x20 || *src == 0x7f) {
+                goto escape;
+            }
+
+            *p++ = *src;
+        }
+
+        src++;
+        continue;
+
+    escape:
+
+        *p++ = '\\'; *p++ = 'u'; *p++ = '0'; *p++ = '0';
+        *p++ = hex[*src >> 4];
+        *p++ = hex[*src & 0xf];
+        src++;
+    }
+
+    *p++ = '"';
+
+    out->size += p - out->b->last;
+    out->b->last = p;
+}
+
+
+static void
+ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
+{
+    u_char  *p, *src, *end;
+
+    p = ngx_http_vts_out_reserve(out, s->len * 6);
+    if (p == NULL) {
+        return;
+    }
+
+    src = s->data;
+    end = s->data + s->len;
+
+    while (src < end) {
+        switch (*src) {
+
+        case '&':
+            p = ngx_cpymem(p, "&amp;", 5);
+            break;
+
+        case '<':
+            p = ngx_cpymem(p, "&lt;", 4);
+            break;
+
+        case '>':
+            p = ngx_cpymem(p, "&gt;", 4);
+            break;
+
+        case '"':
+            p = ngx_cpymem(p, "&quot;", 6);
+            break;
+
+        case '\'':
+            p = ngx_cpymem(p, "&#39;", 5);
+            break;
+
+        default:
+            *p++ = *src;
+        }
+
+        src++;
+    }
+
+    out->size += p - out->b->last;
+    out->b->last = p;
+}
+
+
+/* helpers */
+
+static void
+ngx_http_vts_out_seconds(ngx_http_vts_out_t *out, uint64_t msec)
+{
+    ngx_http_vts_out_fmt(out, "%uL.%03uL", msec / 1000, msec % 1000);
+}
+
+
+/* average of msec sums, in seconds with microsecond resolution */
+
+static void
+ngx_http_vts_out_avg_seconds(ngx_http_vts_out_t *out, uint64_t msec,
+    uint64_t n)
+{
+    uint64_t  usec;
+
+    usec = n ? (msec * 1000) / n : 0;
+
+    ngx_http_vts_out_fmt(out, "%uL.%06uL", usec / 1000000, usec % 1000000);
+}
+
+
+static uint64_t
+ngx_http_vts_avg_msec(uint64_t msec, uint64_t n)
+{
+    return n ? msec / n : 0;
+}
+
+
+static void
+ngx_http_vts_get_connections(ngx_http_vts_conns_t *c)
+{
+    ngx_memzero(c, sizeof(ngx_http_vts_conns_t));
+
+#if (NGX_STAT_STUB)
+    c->accepted = *ngx_stat_accepted;
+    c->active = *ngx_stat_active;
+    c->handled = *ngx_stat_handled;
+    c->reading = *ngx_stat_reading;
+    c->requests = *ngx_stat_requests;
+    c->waiting = *ngx_stat_waiting;
+    c->writing = *ngx_stat_writing;
+#endif
+}
+
+
+static ngx_http_upstream_server_t *
+ngx_http_vts_find_server(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
+{
+    ngx_uint_t                       i, j, k;
+    ngx_http_upstream_server_t      *us;
+    ngx_http_upstream_srv_conf_t   **uscfp, *uscf;
+    ngx_http_upstream_main_conf_t   *umcf;
+
+    if (e->kind != NGX_HTTP_VTS_KIND_UPSTREAM) {
+        return NULL;
+    }
+
+    umcf = ngx_http_get_module_main_conf(r, ngx_http_upstream_module);
+    if (umcf == NULL) {
+        return NULL;
+    }
+
+    uscfp = umcf->upstreams.elts;
+
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        uscf = uscfp[i];
+
+        if (!(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
+            || uscf->servers == NULL
+            || uscf->host.len != e->group.len
+            || ngx_strncmp(uscf->host.data, e->group.data, e->group.len) != 0)
+        {
+            continue;
+        }
+
+        us = uscf->servers->elts;
+
+        for (j = 0; j < uscf->servers->nelts; j++) {
+            for (k = 0; k < us[j].naddrs; k++) {
+                if (us[j].addrs[k].name.len == e->name.len
+                    && ngx_strncmp(us[j].addrs[k].name.data, e->name.data,
+                                   e->name.len) == 0)
+                {
+                    return &us[j];
+                }
+            }
+        }
+    }
+
+    return NULL;
+}
+
+
+/* Prometheus text exposition */
+
+#define ngx_http_vts_prom_family(out, name, help, type)                       \
+    ngx_http_vts_out_str(out, "# HELP " name " " help "\n"                    \
+                              "# TYPE " name " " type "\n")
+
+
+static void
+ngx_http_vts_prom_server_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+    ngx_http_vts_out_str(out, "{host=\"");
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
+}
+
+
+static void
+ngx_http_vts_prom_upstream_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+    ngx_http_vts_out_str(out, "{upstream=\"");
+    ngx_http_vts_out_prom_esc(out, &e->group);
+    ngx_http_vts_out_str(out, "\",backend=\"");
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
+}
+
+
+static ngx_uint_t
+ngx_http_vts_is_server(ngx_http_vts_entry_t *e)
+{
+    return e->kind == NGX_HTTP_VTS_KIND_SERVER
+           || e->kind == NGX_HTTP_VTS_KIND_SUM;
+}
+
+
+static ngx_uint_t
+ngx_http_vts_is_upstream(ngx_http_vts_entry_t *e)
+{
+    return e->kind == NGX_HTTP_VTS_KIND_UPSTREAM
+           || e->kind == NGX_HTTP_VTS_KIND_NOGROUPS;
+}
+
+
+static void
+ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
+{
+    ngx_uint_t                i, k, nup;
+    ngx_str_t                 s;
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_entry_t     *e;
+    ngx_http_vts_snapshot_t  *snap;
+
+    out = pg->out;
+    snap = pg->snap;
+
+    /* main */
+
+    ngx_http_vts_prom_family(out, "nginx_vts_info", "Nginx info", "gauge");
+    ngx_http_vts_out_str(out, "nginx_vts_info{hostname=\"");
+    ngx_http_vts_out_prom_esc(out, &pg->hostname);
+    ngx_http_vts_out_str(out, "\",module_version=\"");
+    ngx_http_vts_out_prom_esc(out, &ngx_http_vts_module_version);
+    ngx_http_vts_out_str(out, "\",version=\"");
+    ngx_http_vts_out_prom_esc(out, &ngx_http_vts_nginx_version);
+    ngx_http_vts_out_str(out, "\"} 1\n");
+
+    ngx_http_vts_prom_family(out, "nginx_vts_start_time_seconds",
+                             "Nginx start time", "gauge");
+    ngx_http_vts_out_str(out, "nginx_vts_start_time_seconds ");
+    ngx_http_vts_out_seconds(out, pg->vmcf->start_msec);
+    ngx_http_vts_out_str(out, "\n");
+
+    ngx_http_vts_prom_family(out, "nginx_vts_main_connections",
+                             "Nginx connections", "gauge");
+    ngx_http_vts_out_fmt(out,
+                 "nginx_vts_main_connections{status=\"accepted\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"active\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"handled\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"reading\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"requests\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"waiting\"} %uL\n"
+                 "nginx_vts_main_connections{status=\"writing\"} %uL\n",
+                 pg->conns.accepted, pg->conns.active, pg->conns.handled,
+                 pg->conns.reading, pg->conns.requests, pg->conns.waiting,
+                 pg->conns.writing);
+
+    ngx_http_vts_out_str(out,
+                 "# HELP nginx_vts_main_shm_usage_bytes Shared memory [");
+    s = pg->vmcf->shm_zone->shm.name;
+    ngx_http_vts_out_prom_esc(out, &s);
+    ngx_http_vts_out_str(out, "] info\n"
+                 "# TYPE nginx_vts_main_shm_usage_bytes gauge\n");
+    ngx_http_vts_out_fmt(out,
+                 "nginx_vts_main_shm_usage_bytes{shared=\"max_size\"} %uz\n"
+                 "nginx_vts_main_shm_usage_bytes{shared=\"used_size\"} %uz\n"
+                 "nginx_vts_main_shm_usage_bytes{shared=\"used_node\"} %ui\n",
+                 snap->max_size, snap->used_size, snap->used_node);
+
+    /* server zones, the sum zone "*" sorts after them */
+
+    ngx_http_vts_prom_family(out, "nginx_vts_server_bytes_total",
+                             "The request/response bytes", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_server(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_server_label(out, "nginx_vts_server_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
+        ngx_http_vts_prom_server_label(out, "nginx_vts_server_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
+                             e->c.out_bytes);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_server_requests_total",
+                             "The requests counter", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_server(e)) {
+            continue;
+        }
+
+        for (k = 0; k < 5; k++) {
+            ngx_http_vts_prom_server_label(out,
+                                    "nginx_vts_server_requests_total", e);
+            ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
+                                 k + 1, e->c.responses[k]);
+        }
+
+        ngx_http_vts_prom_server_label(out,
+                                    "nginx_vts_server_requests_total", e);
+        ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_server_request_seconds_total",
+                             "The request processing time in seconds",
+                             "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_server(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_server_label(out,
+                              "nginx_vts_server_request_seconds_total", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_seconds(out, e->c.request_msec);
+        ngx_http_vts_out_str(out, "\n");
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_server_request_seconds",
+                     "The average of request processing times in seconds",
+                     "gauge");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_server(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_server_label(out,
+                                    "nginx_vts_server_request_seconds", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_avg_seconds(out, e->c.request_msec, e->c.requests);
+        ngx_http_vts_out_str(out, "\n");
+    }
+
+    /* upstream zones */
+
+    nup = 0;
+
+    for (i = 0; i < snap->nentries; i++) {
+        if (ngx_http_vts_is_upstream(&snap->entries[i])) {
+            nup++;
+        }
+    }
+
+    if (nup == 0) {
+        return;
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_bytes_total",
+                             "The request/response bytes", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                                         "nginx_vts_upstream_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
+        ngx_http_vts_prom_upstream_label(out,
+                                         "nginx_vts_upstream_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
+                             e->c.out_bytes);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_requests_total",
+                             "The upstream requests counter", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        for (k = 0; k < 5; k++) {
+            ngx_http_vts_prom_upstream_label(out,
+                                    "nginx_vts_upstream_requests_total", e);
+            ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
+                                 k + 1, e->c.responses[k]);
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                                    "nginx_vts_upstream_requests_total", e);
+        ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_request_seconds_total",
+                     "The request processing time including upstream "
+                     "in seconds", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                            "nginx_vts_upstream_request_seconds_total", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_seconds(out, e->c.request_msec);
+        ngx_http_vts_out_str(out, "\n");
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_request_seconds",
+                     "The average of request processing times including "
+                     "upstream in seconds", "gauge");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                                "nginx_vts_upstream_request_seconds", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_avg_seconds(out, e->c.request_msec, e->c.requests);
+        ngx_http_vts_out_str(out, "\n");
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_response_seconds_total",
+                     "The only upstream response processing time in seconds",
+                     "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                            "nginx_vts_upstream_response_seconds_total", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_seconds(out, e->c.response_msec);
+        ngx_http_vts_out_str(out, "\n");
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_upstream_response_seconds",
+                     "The average of only upstream response processing "
+                     "times in seconds", "gauge");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        ngx_http_vts_prom_upstream_label(out,
+                                "nginx_vts_upstream_response_seconds", e);
+        ngx_http_vts_out_str(out, "} ");
+        ngx_http_vts_out_avg_seconds(out, e->c.response_msec, e->c.requests);
+        ngx_http_vts_out_str(out, "\n");
+    }
+}
+
+
+/* JSON */
+
+static void
+ngx_http_vts_json_responses(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_fmt(out,
+                         "\"responses\":{\"1xx\":%uL,\"2xx\":%uL,\"3xx\":%uL,"
+                         "\"4xx\":%uL,\"5xx\":%uL}",
+                         e->c.responses[0], e->c.responses[1],
+                         e->c.responses[2], e->c.responses[3],
+                         e->c.responses[4]);
+}
+
+
+static void
+ngx_http_vts_json(ngx_http_vts_page_t *pg)
+{
+    ngx_str_t                    *group;
+    ngx_uint_t                    i, n;
+    ngx_http_vts_out_t           *out;
+    ngx_http_vts_entry_t         *e;
+    ngx_http_vts_snapshot_t      *snap;
+    ngx_http_upstream_server_t   *us;
+
+    out = pg->out;
+    snap = pg->snap;
+
+    ngx_http_vts_out_str(out, "{\"hostName\":");
+    ngx_http_vts_out_json_str(out, &pg->hostname);
+    ngx_http_vts_out_str(out, ",\"moduleVersion\":");
+    ngx_http_vts_out_json_str(out, &ngx_http_vts_module_version);
+    ngx_http_vts_out_str(out, ",\"nginxVersion\":");
+    ngx_http_vts_out_json_str(out, &ngx_http_vts_nginx_version);
+    ngx_http_vts_out_fmt(out, ",\"loadMsec\":%uL,\"nowMsec\":%uL",
+                         pg->vmcf->start_msec, pg->now_msec);
+
+    ngx_http_vts_out_fmt(out,
+                         ",\"connections\":{\"active\":%uL,\"reading\":%uL,"
+                         "\"writing\":%uL,\"waiting\":%uL,\"accepted\":%uL,"
+                         "\"handled\":%uL,\"requests\":%uL}",
+                         pg->conns.active, pg->conns.reading,
+                         pg->conns.writing, pg->conns.waiting,
+                         pg->conns.accepted, pg->conns.handled,
+                         pg->conns.requests);
+
+    ngx_http_vts_out_str(out, ",\"sharedZones\":{\"name\":");
+    ngx_http_vts_out_json_str(out, &pg->vmcf->shm_zone->shm.name);
+    ngx_http_vts_out_fmt(out, ",\"maxSize\":%uz,\"usedSize\":%uz,"
+                         "\"usedNode\":%ui}",
+                         snap->max_size, snap->used_size, snap->used_node);
+
+    ngx_http_vts_out_str(out, ",\"serverZones\":{");
+
+    n = 0;
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_server(e)) {
+            continue;
+        }
+
+        if (n++) {
+            ngx_http_vts_out_str(out, ",");
+        }
+
+        ngx_http_vts_out_json_str(out, &e->name);
+        ngx_http_vts_out_fmt(out, ":{\"requestCounter\":%uL,\"inBytes\":%uL,"
+                             "\"outBytes\":%uL,",
+                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
+        ngx_http_vts_json_responses(out, e);
+        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                             "\"requestMsec\":%uL}",
+                             e->c.request_msec,
+                             ngx_http_vts_avg_msec(e->c.request_msec,
+                                                   e->c.requests));
+    }
+
+    ngx_http_vts_out_str(out, "},\"upstreamZones\":{");
+
+    group = NULL;
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (!ngx_http_vts_is_upstream(e)) {
+            continue;
+        }
+
+        if (group == NULL
+            || group->len != e->group.len
+            || ngx_strncmp(group->data, e->group.data, e->group.len) != 0)
+        {
+            if (group != NULL) {
+                ngx_http_vts_out_str(out, "],");
+            }
+
+            group = &e->group;
+            ngx_http_vts_out_json_str(out, group);
+            ngx_http_vts_out_str(out, ":[");
+
+        } else {
+            ngx_http_vts_out_str(out, ",");
+        }
+
+        ngx_http_vts_out_str(out, "{\"server\":");
+        ngx_http_vts_out_json_str(out, &e->name);
+        ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
+                             "\"outBytes\":%uL,",
+                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
+        ngx_http_vts_json_responses(out, e);
+        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                             "\"requestMsec\":%uL,"
+                             "\"responseMsecCounter\":%uL,"
+                             "\"responseMsec\":%uL",
+                             e->c.request_msec,
+                             ngx_http_vts_avg_msec(e->c.request_msec,
+                                                   e->c.requests),
+                             e->c.response_msec,
+                             ngx_http_vts_avg_msec(e->c.response_msec,
+                                                   e->c.requests));
+
+        us = ngx_http_vts_find_server(pg->r, e);
+
+        if (us != NULL) {
+            ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
+                                 "\"failTimeout\":%T,\"backup\":%s,"
+                                 "\"down\":%s}",
+                                 us->weight, us->max_fails, us->fail_timeout,
+                                 us->backup ? "true" : "false",
+                                 us->down ? "true" : "false");
+
+        } else {
+            ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
+                                 "\"failTimeout\":0,\"backup\":false,"
+                                 "\"down\":false}");
+        }
+    }
+
+    if (group != NULL) {
+        ngx_http_vts_out_str(out, "]");
+    }
+
+    ngx_http_vts_out_str(out, "}}\n");
+}
+
+
+/* HTML: a plain, script-free page */
+
+static void
+ngx_http_vts_html_row(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e,
+    ngx_uint_t upstream)
+{
+    ngx_http_vts_out_str(out, "<tr><td>");
+
+    if (upstream) {
+        ngx_http_vts_out_html_esc(out, &e->group);
+        ngx_http_vts_out_str(out, "</td><td>");
+    }
+
+    ngx_http_vts_out_html_esc(out, &e->name);
+    ngx_http_vts_out_fmt(out, "</td><td>%uL</td><td>%uL</td><td>%uL</td>"
+                         "<td>%uL</td><td>%uL</td><td>%uL</td><td>%uL</td>"
+                         "<td>%uL</td><td>%uL</td>",
+                         e->c.requests, e->c.in_bytes, e->c.out_bytes,
+                         e->c.responses[0], e->c.responses[1],
+                         e->c.responses[2], e->c.responses[3],
+                         e->c.responses[4],
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests));
+
+    if (upstream) {
+        ngx_http_vts_out_fmt(out, "<td>%uL</td>",
+                             ngx_http_vts_avg_msec(e->c.response_msec,
+                                                   e->c.requests));
+    }
+
+    ngx_http_vts_out_str(out, "</tr>\n");
+}
+
+
+static void
+ngx_http_vts_html(ngx_http_vts_page_t *pg)
+{
+    ngx_uint_t                i;
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_snapshot_t  *snap;
+
+    out = pg->out;
+    snap = pg->snap;
+
+    ngx_http_vts_out_str(out,
+        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
+        "<title>nginx vhost traffic status</title>"
+        "<style>table{border-collapse:collapse}"
+        "td,th{border:1px solid #999;padding:2px 6px;text-align:right}"
+        "</style></head><body>\n<h1>nginx vhost traffic status</h1>\n<p>");
+
+    ngx_http_vts_out_html_esc(out, &pg->hostname);
+    ngx_http_vts_out_str(out, " &middot; nginx ");
+    ngx_http_vts_out_html_esc(out, &ngx_http_vts_nginx_version);
+    ngx_http_vts_out_str(out, " &middot; module ");
+    ngx_http_vts_out_html_esc(out, &ngx_http_vts_module_version);
+    ngx_http_vts_out_str(out, " &middot; <a href=\"format/json\">json</a>"
+                         " &middot; <a href=\"format/prometheus\">"
+                         "prometheus</a></p>\n");
+
+    ngx_http_vts_out_fmt(out, "<h2>Connections</h2>\n<table><tr><th>active"
+                         "</th><th>reading</th><th>writing</th><th>waiting"
+                         "</th><th>accepted</th><th>handled</th><th>requests"
+                         "</th></tr>\n<tr><td>%uL</td><td>%uL</td><td>%uL"
+                         "</td><td>%uL</td><td>%uL</td><td>%uL</td><td>%uL"
+                         "</td></tr></table>\n",
+                         pg->conns.active, pg->conns.reading,
+                         pg->conns.writing, pg->conns.waiting,
+                         pg->conns.accepted, pg->conns.handled,
+                         pg->conns.requests);
+
+    ngx_http_vts_out_str(out, "<h2>Shared zone</h2>\n<table><tr><th>name"
+                         "</th><th>max size</th><th>used size</th>"
+                         "<th>used node</th></tr>\n<tr><td>");
+    ngx_http_vts_out_html_esc(out, &pg->vmcf->shm_zone->shm.name);
+    ngx_http_vts_out_fmt(out, "</td><td>%uz</td><td>%uz</td><td>%ui</td>"
+                         "</tr></table>\n",
+                         snap->max_size, snap->used_size, snap->used_node);
+
+    ngx_http_vts_out_str(out, "<h2>Server zones</h2>\n<table><tr>"
+                         "<th>zone</th><th>requests</th><th>in bytes</th>"
+                         "<th>out bytes</th><th>1xx</th><th>2xx</th>"
+                         "<th>3xx</th><th>4xx</th><th>5xx</th>"
+                         "<th>avg request ms</th></tr>\n");
+
+    for (i = 0; i < snap->nentries; i++) {
+        if (ngx_http_vts_is_server(&snap->entries[i])) {
+            ngx_http_vts_html_row(out, &snap->entries[i], 0);
+        }
+    }
+
+    ngx_http_vts_out_str(out, "</table>\n<h2>Upstream zones</h2>\n<table><tr>"
+                         "<th>upstream</th><th>server</th><th>requests</th>"
+                         "<th>in bytes</th><th>out bytes</th><th>1xx</th>"
+                         "<th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th>"
+                         "<th>avg request ms</th><th>avg response ms</th>"
+                         "</tr>\n");
+
+    for (i = 0; i < snap->nentries; i++) {
+        if (ngx_http_vts_is_upstream(&snap->entries[i])) {
+            ngx_http_vts_html_row(out, &snap->entries[i], 1);
+        }
+    }
+
+    ngx_http_vts_out_str(out, "</table>\n</body></html>\n");
+}
+
+
+/* "/format/<name>" anywhere in the URI, ending at '/' or the URI end */
+
+static ngx_uint_t
+ngx_http_vts_uri_format(ngx_http_request_t *r)
+{
+    u_char      *p, *last, *end;
+    ngx_uint_t   i;
+
+    static struct {
+        ngx_str_t   name;
+        ngx_uint_t  format;
+    } formats[] = {
+        { ngx_string("/format/json"), NGX_HTTP_VTS_FORMAT_JSON },
+        { ngx_string("/format/prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
+        { ngx_string("/format/html"), NGX_HTTP_VTS_FORMAT_HTML },
+    };
+
+    last = r->uri.data + r->uri.len;
+
+    for (i = 0; i < sizeof(formats) / sizeof(formats[0]); i++) {
+
+        p = r->uri.data;
+
+        while (p < last) {
+            p = ngx_strnstr(p, (char *) formats[i].name.data, last - p);
+
+            if (p == NULL) {
+                break;
+            }
+
+            end = p + formats[i].name.len;
+
+            if (end == last || *end == '/') {
+                return formats[i].format;
+            }
+
+            p++;
+        }
+    }
+
+    return NGX_HTTP_VTS_FORMAT_UNSET;
+}
+
+
+ngx_int_t
+ngx_http_vts_display_handler(ngx_http_request_t *r)
+{
+    ngx_int_t                  rc;
+    ngx_uint_t                 format;
+    ngx_time_t                *tp;
+    ngx_chain_t               *cl;
+    ngx_http_vts_out_t         out;
+    ngx_http_vts_page_t        pg;
+    ngx_http_vts_snapshot_t    snap;
+    ngx_http_vts_loc_conf_t   *vlcf;
+    ngx_http_vts_main_conf_t  *vmcf;
+
+    if (!(r->method & (NGX_HTTP_GET|NGX_HTTP_HEAD))) {
+        return NGX_HTTP_NOT_ALLOWED;
+    }
+
+    vmcf = ngx_http_get_module_main_conf(r,
+                                         ngx_http_vhost_traffic_status_module);
+
+    if (vmcf == NULL || vmcf->shm_zone == NULL
+        || vmcf->shm_zone->data == NULL)
+    {
+        return NGX_HTTP_NOT_IMPLEMENTED;
+    }
+
+    rc = ngx_http_discard_request_body(r);
+
+    if (rc != NGX_OK) {
+        return rc;
+    }
+
+    vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
+
+    format = ngx_http_vts_uri_format(r);
+
+    if (format == NGX_HTTP_VTS_FORMAT_UNSET) {
+        format = vlcf->format;
+    }
+
+    if (ngx_http_vts_snapshot(r, &snap) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(&out, sizeof(ngx_http_vts_out_t));
+    out.pool = r->pool;
+    out.last = &out.first;
+
+    tp = ngx_timeofday();
+
+    pg.r = r;
+    pg.out = &out;
+    pg.snap = &snap;
+    pg.vmcf = vmcf;
+    pg.now_msec = (uint64_t) tp->sec * 1000 + tp->msec;
+    pg.hostname.len = ngx_cycle->hostname.len;
+    pg.hostname.data = ngx_cycle->hostname.data;
+    ngx_http_vts_get_connections(&pg.conns);
+
+    switch (format) {
+
+    case NGX_HTTP_VTS_FORMAT_PROMETHEUS:
+        ngx_http_vts_prometheus(&pg);
+        ngx_str_set(&r->headers_out.content_type, "text/plain");
+        break;
+
+    case NGX_HTTP_VTS_FORMAT_HTML:
+        ngx_http_vts_html(&pg);
+        ngx_str_set(&r->headers_out.content_type, "text/html");
+        break;
+
+    default: /* NGX_HTTP_VTS_FORMAT_JSON */
+        ngx_http_vts_json(&pg);
+        ngx_str_set(&r->headers_out.content_type, "application/json");
+        break;
+    }
+
+    if (out.error || out.first == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    r->headers_out.content_type_len = r->headers_out.content_type.len;
+    r->headers_out.content_type_lowcase = NULL;
+
+    r->headers_out.status = NGX_HTTP_OK;
+    r->headers_out.content_length_n = out.size;
+
+    for (cl = out.first; cl->next; cl = cl->next) { /* void */ }
+
+    cl->buf->last_buf = (r == r->main) ? 1 : 0;
+    cl->buf->last_in_chain = 1;
+
+    rc = ngx_http_send_header(r);
+
+    if (rc == NGX_ERROR || rc > NGX_OK || r->header_only) {
+        return rc;
+    }
+
+    return ngx_http_output_filter(r, out.first);
+}

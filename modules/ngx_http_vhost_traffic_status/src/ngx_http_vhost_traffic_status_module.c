@@ -1,0 +1,862 @@
+
+/*
+ * Virtual-host traffic status: configuration, shared zone and accounting
+ * in the log phase.
+ */
+
+
+#include "ngx_http_vhost_traffic_status_module.h"
+
+
+static ngx_int_t ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data);
+static void ngx_http_vts_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
+static ngx_http_vts_node_t *ngx_http_vts_node_get_locked(
+    ngx_http_vts_ctx_t *ctx, ngx_uint_t kind, u_char *key, size_t len,
+    size_t glen);
+static ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
+
+static char *ngx_http_vts_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+static char *ngx_http_vts_display(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+static void *ngx_http_vts_create_main_conf(ngx_conf_t *cf);
+static void *ngx_http_vts_create_loc_conf(ngx_conf_t *cf);
+static char *ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent,
+    void *child);
+static ngx_int_t ngx_http_vts_init(ngx_conf_t *cf);
+
+
+static ngx_conf_enum_t  ngx_http_vts_display_formats[] = {
+    { ngx_string("json"), NGX_HTTP_VTS_FORMAT_JSON },
+    { ngx_string("prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
+    { ngx_string("html"), NGX_HTTP_VTS_FORMAT_HTML },
+    { ngx_null_string, 0 }
+};
+
+
+static ngx_command_t  ngx_http_vts_commands[] = {
+
+    { ngx_string("vhost_traffic_status_zone"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_NOARGS|NGX_CONF_TAKE1,
+      ngx_http_vts_zone,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, enable),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_filter_by_host"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, filter_by_host),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display"),
+      NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
+      ngx_http_vts_display,
+      0,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display_format"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_enum_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, format),
+      &ngx_http_vts_display_formats },
+
+      ngx_null_command
+};
+
+
+static ngx_http_module_t  ngx_http_vts_module_ctx = {
+    NULL,                                  /* preconfiguration */
+    ngx_http_vts_init,                     /* postconfiguration */
+
+    ngx_http_vts_create_main_conf,         /* create main configuration */
+    NULL,                                  /* init main configuration */
+
+    NULL,                                  /* create server configuration */
+    NULL,                                  /* merge server configuration */
+
+    ngx_http_vts_create_loc_conf,          /* create location configuration */
+    ngx_http_vts_merge_loc_conf            /* merge location configuration */
+};
+
+
+ngx_module_t  ngx_http_vhost_traffic_status_module = {
+    NGX_MODULE_V1,
+    &ngx_http_vts_module_ctx,              /* module context */
+    ngx_http_vts_commands,                 /* module directives */
+    NGX_HTTP_MODULE,                       /* module type */
+    NULL,                                  /* init master */
+    NULL,                                  /* init module */
+    NULL,                                  /* init process */
+    NULL,                                  /* init thread */
+    NULL,                                  /* exit thread */
+    NULL,                                  /* exit process */
+    NULL,                                  /* exit master */
+    NGX_MODULE_V1_PADDING
+};
+
+
+/* per worker: the "zone is full" error is logged once per process */
+static ngx_uint_t  ngx_http_vts_full_logged;
+
+
+static uint32_t
+ngx_http_vts_hash(ngx_uint_t kind, u_char *key, size_t len)
+{
+    u_char    k;
+    uint32_t  crc;
+
+    k = (u_char) kind;
+
+    ngx_crc32_init(crc);
+    ngx_crc32_update(&crc, &k, 1);
+    ngx_crc32_update(&crc, key, len);
+    ngx_crc32_final(crc);
+
+    return crc;
+}
+
+
+static ngx_int_t
+ngx_http_vts_node_cmp(ngx_http_vts_node_t *a, ngx_uint_t kind, u_char *key,
+    size_t len, size_t glen)
+{
+    if (a->kind != kind) {
+        return (a->kind < kind) ? -1 : 1;
+    }
+
+    if (a->len != len) {
+        return (a->len < len) ? -1 : 1;
+    }
+
+    if (a->glen != glen) {
+        return (a->glen < glen) ? -1 : 1;
+    }
+
+    return ngx_memcmp(a->data, key, len);
+}
+
+
+static void
+ngx_http_vts_rbtree_insert_value(ngx_rbtree_node_t *temp,
+    ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
+{
+    ngx_rbtree_node_t    **p;
+    ngx_http_vts_node_t   *vn, *vt;
+
+    for ( ;; ) {
+
+        if (node->key < temp->key) {
+            p = &temp->left;
+
+        } else if (node->key > temp->key) {
+            p = &temp->right;
+
+        } else { /* node->key == temp->key */
+
+            vn = (ngx_http_vts_node_t *) node;
+            vt = (ngx_http_vts_node_t *) temp;
+
+            p = (ngx_http_vts_node_cmp(vt, vn->kind, vn->data, vn->len,
+                                       vn->glen) > 0)
+                ? &temp->left : &temp->right;
+        }
+
+        if (*p == sentinel) {
+            break;
+        }
+
+        temp = *p;
+    }
+
+    *p = node;
+    node->parent = temp;
+    node->left = sentinel;
+    node->right = sentinel;
+    ngx_rbt_red(node);
+}
+
+
+/*
+ * Finds or creates the entry for a key; the slab mutex must be held.
+ * Returns NULL when the zone has no room for a new key.
+ */
+
+static ngx_http_vts_node_t *
+ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
+    u_char *key, size_t len, size_t glen)
+{
+    size_t                n;
+    uint32_t              hash;
+    ngx_int_t             rc;
+    ngx_rbtree_node_t    *node, *sentinel;
+    ngx_http_vts_node_t  *vn;
+
+    hash = ngx_http_vts_hash(kind, key, len);
+
+    node = ctx->sh->rbtree.root;
+    sentinel = ctx->sh->rbtree.sentinel;
+
+    while (node != sentinel) {
+
+        if (hash < node->key) {
+            node = node->left;
+            continue;
+        }
+
+        if (hash > node->key) {
+            node = node->right;
+            continue;
+        }
+
+        vn = (ngx_http_vts_node_t *) node;
+
+        rc = ngx_http_vts_node_cmp(vn, kind, key, len, glen);
+
+        if (rc == 0) {
+            return vn;
+        }
+
+        node = (rc > 0) ? node->left : node->right;
+    }
+
+    n = offsetof(ngx_http_vts_node_t, data) + len;
+
+    vn = ngx_slab_alloc_locked(ctx->shpool, n);
+    if (vn == NULL) {
+        return NULL;
+    }
+
+    ngx_memzero(vn, offsetof(ngx_http_vts_node_t, data));
+
+    vn->node.key = hash;
+    vn->kind = kind;
+    vn->len = len;
+    vn->glen = glen;
+    ngx_memcpy(vn->data, key, len);
+
+    ngx_rbtree_insert(&ctx->sh->rbtree, &vn->node);
+    ctx->sh->nodes++;
+
+    return vn;
+}
+
+
+static void
+ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_uint_t status,
+    ngx_msec_t request_msec, ngx_msec_t response_msec, off_t in, off_t out)
+{
+    c->requests++;
+
+    if (status >= 100 && status < 600) {
+        c->responses[status / 100 - 1]++;
+    }
+
+    c->request_msec += request_msec;
+    c->response_msec += response_msec;
+
+    if (in > 0) {
+        c->in_bytes += (uint64_t) in;
+    }
+
+    if (out > 0) {
+        c->out_bytes += (uint64_t) out;
+    }
+}
+
+
+static ngx_int_t
+ngx_http_vts_log_handler(ngx_http_request_t *r)
+{
+    off_t                          in, out;
+    size_t                         glen, plen;
+    u_char                        *key;
+    ngx_str_t                      host, group;
+    ngx_uint_t                     i, first, status, st, kind, full;
+    ngx_msec_t                     req_ms, resp_ms;
+    ngx_time_t                    *tp;
+    ngx_msec_int_t                 ms;
+    ngx_http_upstream_t           *u;
+    ngx_http_vts_ctx_t            *ctx;
+    ngx_http_vts_node_t           *vn;
+    ngx_http_vts_loc_conf_t       *vlcf;
+    ngx_http_vts_main_conf_t      *vmcf;
+    ngx_http_core_srv_conf_t      *cscf;
+    ngx_http_core_loc_conf_t      *clcf;
+    ngx_http_upstream_state_t     *state;
+
+    vmcf = ngx_http_get_module_main_conf(r,
+                                         ngx_http_vhost_traffic_status_module);
+
+    if (vmcf == NULL || vmcf->shm_zone == NULL) {
+        return NGX_OK;
+    }
+
+    vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
+
+    if (!vlcf->enable) {
+        return NGX_OK;
+    }
+
+    if (r != r->main) {
+        clcf = ngx_http_get_module_loc_conf(r, ngx_http_core_module);
+
+        if (!clcf->log_subrequest) {
+            return NGX_OK;
+        }
+    }
+
+    ctx = vmcf->shm_zone->data;
+
+    if (ctx == NULL || ctx->sh == NULL) {
+        return NGX_OK;
+    }
+
+    /* the same status the access log shows */
+
+    if (r->err_status) {
+        status = r->err_status;
+
+    } else {
+        status = r->headers_out.status;
+    }
+
+    tp = ngx_timeofday();
+    ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
+                           + (tp->msec - r->start_msec));
+    req_ms = (ngx_msec_t) ngx_max(ms, 0);
+
+    in = r->request_length;
+    out = r->connection->sent;
+
+    /* server zone key */
+
+    host.len = 0;
+    host.data = NULL;
+
+    if (vlcf->filter_by_host && r->headers_in.server.len) {
+        host = r->headers_in.server;
+    }
+
+    if (host.len == 0) {
+        cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+        if (cscf != NULL) {
+            host = cscf->server_name;
+        }
+    }
+
+    if (host.len == 0) {
+        ngx_str_set(&host, NGX_HTTP_VTS_EMPTY_SERVER_NAME);
+    }
+
+    if (host.len > NGX_HTTP_VTS_MAX_KEY_LEN) {
+        host.len = NGX_HTTP_VTS_MAX_KEY_LEN;
+    }
+
+    /* upstream group of the last upstream used by this request */
+
+    ngx_str_set(&group, NGX_HTTP_VTS_NOGROUPS_NAME);
+    kind = NGX_HTTP_VTS_KIND_NOGROUPS;
+
+    u = r->upstream;
+
+    if (u != NULL && u->upstream != NULL
+        && (u->upstream->flags & NGX_HTTP_UPSTREAM_CREATE)
+        && u->upstream->host.len > 0
+        && u->upstream->host.len <= NGX_HTTP_VTS_MAX_KEY_LEN)
+    {
+        group = u->upstream->host;
+        kind = NGX_HTTP_VTS_KIND_UPSTREAM;
+    }
+
+    key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
+    if (key == NULL) {
+        return NGX_OK;
+    }
+
+    full = 0;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
+                                      host.data, host.len, 0);
+    if (vn != NULL) {
+        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+
+    } else {
+        full = 1;
+    }
+
+    vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
+                                      (u_char *) NGX_HTTP_VTS_SUM_KEY,
+                                      sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
+    if (vn != NULL) {
+        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+
+    } else {
+        full = 1;
+    }
+
+    if (r->upstream_states != NULL && r->upstream_states->nelts > 0) {
+
+        state = r->upstream_states->elts;
+
+        /*
+         * a state without a peer separates the attempts of different
+         * upstreams used by one request (e.g. after X-Accel-Redirect);
+         * only the last upstream's attempts are attributed, because only
+         * its group is still known here
+         */
+
+        first = 0;
+
+        for (i = r->upstream_states->nelts; i > 0; i--) {
+            if (state[i - 1].peer == NULL) {
+                first = i;
+                break;
+            }
+        }
+
+        ngx_memcpy(key, group.data, group.len);
+        glen = group.len;
+
+        for (i = first; i < r->upstream_states->nelts; i++) {
+
+            if (state[i].peer == NULL || state[i].peer->len == 0) {
+                continue;
+            }
+
+            plen = ngx_min(state[i].peer->len, NGX_HTTP_VTS_MAX_KEY_LEN);
+            ngx_memcpy(key + glen, state[i].peer->data, plen);
+
+            vn = ngx_http_vts_node_get_locked(ctx, kind, key, glen + plen,
+                                              glen);
+            if (vn == NULL) {
+                full = 1;
+                continue;
+            }
+
+            ms = (ngx_msec_int_t) state[i].response_time;
+            resp_ms = (ngx_msec_t) ngx_max(ms, 0);
+
+            st = state[i].status;
+
+            if (i == r->upstream_states->nelts - 1) {
+
+                /* the attempt that produced the response */
+
+                if (st == 0) {
+                    st = status;
+                }
+
+                ngx_http_vts_count(&vn->counters, st, req_ms, resp_ms,
+                                   in, out);
+
+            } else {
+                /* an earlier, failed attempt */
+                ngx_http_vts_count(&vn->counters, st, 0, resp_ms, 0, 0);
+            }
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (full && !ngx_http_vts_full_logged) {
+        ngx_http_vts_full_logged = 1;
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "vhost_traffic_status: shared zone \"%V\" is full, "
+                      "new keys are not counted (logged once per worker)",
+                      &vmcf->shm_zone->shm.name);
+    }
+
+    return NGX_OK;
+}
+
+
+static int ngx_libc_cdecl
+ngx_http_vts_entry_cmp(const void *one, const void *two)
+{
+    int                           rc;
+    size_t                        n;
+    const ngx_http_vts_entry_t   *a, *b;
+
+    a = one;
+    b = two;
+
+    if (a->kind != b->kind) {
+        return (a->kind < b->kind) ? -1 : 1;
+    }
+
+    n = ngx_min(a->group.len, b->group.len);
+    rc = ngx_memcmp(a->group.data, b->group.data, n);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (a->group.len != b->group.len) {
+        return (a->group.len < b->group.len) ? -1 : 1;
+    }
+
+    n = ngx_min(a->name.len, b->name.len);
+    rc = ngx_memcmp(a->name.data, b->name.data, n);
+
+    if (rc != 0) {
+        return rc;
+    }
+
+    if (a->name.len != b->name.len) {
+        return (a->name.len < b->name.len) ? -1 : 1;
+    }
+
+    return 0;
+}
+
+
+/*
+ * Copies all entries out of the shared zone (under the lock) into the
+ * request pool and sorts them by kind, group and name.
+ */
+
+ngx_int_t
+ngx_http_vts_snapshot(ngx_http_request_t *r, ngx_http_vts_snapshot_t *snap)
+{
+    u_char                    *p;
+    ngx_uint_t                 n;
+    ngx_rbtree_t              *tree;
+    ngx_rbtree_node_t         *node;
+    ngx_http_vts_ctx_t        *ctx;
+    ngx_http_vts_node_t       *vn;
+    ngx_http_vts_entry_t      *e;
+    ngx_http_vts_main_conf_t  *vmcf;
+
+    vmcf = ngx_http_get_module_main_conf(r,
+                                         ngx_http_vhost_traffic_status_module);
+
+    ngx_memzero(snap, sizeof(ngx_http_vts_snapshot_t));
+
+    ctx = vmcf->shm_zone->data;
+
+    snap->max_size = vmcf->shm_zone->shm.size;
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    snap->used_size = snap->max_size - ctx->shpool->pfree * ngx_pagesize;
+    snap->used_node = ctx->sh->nodes;
+
+    n = ctx->sh->nodes;
+
+    snap->entries = ngx_palloc(r->pool,
+                               (n ? n : 1) * sizeof(ngx_http_vts_entry_t));
+    if (snap->entries == NULL) {
+        ngx_shmtx_unlock(&ctx->shpool->mutex);
+        return NGX_ERROR;
+    }
+
+    tree = &ctx->sh->rbtree;
+
+    if (tree->root != tree->sentinel) {
+
+        for (node = ngx_rbtree_min(tree->root, tree->sentinel);
+             node != NULL && snap->nentries < n;
+             node = ngx_rbtree_next(tree, node))
+        {
+            vn = (ngx_http_vts_node_t *) node;
+
+            p = ngx_pnalloc(r->pool, vn->len ? vn->len : 1);
+            if (p == NULL) {
+                ngx_shmtx_unlock(&ctx->shpool->mutex);
+                return NGX_ERROR;
+            }
+
+            ngx_memcpy(p, vn->data, vn->len);
+
+            e = &snap->entries[snap->nentries++];
+
+            e->kind = vn->kind;
+            e->group.data = p;
+            e->group.len = vn->glen;
+            e->name.data = p + vn->glen;
+            e->name.len = vn->len - vn->glen;
+            e->c = vn->counters;
+        }
+    }
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (snap->nentries > 1) {
+        ngx_qsort(snap->entries, snap->nentries, sizeof(ngx_http_vts_entry_t),
+                  ngx_http_vts_entry_cmp);
+    }
+
+    return NGX_OK;
+}
+
+
+static ngx_int_t
+ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data)
+{
+    ngx_http_vts_ctx_t  *octx = data;
+
+    size_t               len;
+    ngx_http_vts_ctx_t  *ctx;
+
+    ctx = shm_zone->data;
+
+    if (octx) {
+        /* reload with an unchanged zone: keep the counters */
+        ctx->sh = octx->sh;
+        ctx->shpool = octx->shpool;
+        return NGX_OK;
+    }
+
+    ctx->shpool = (ngx_slab_pool_t *) shm_zone->shm.addr;
+
+    if (shm_zone->shm.exists) {
+        ctx->sh = ctx->shpool->data;
+        return NGX_OK;
+    }
+
+    ctx->sh = ngx_slab_alloc(ctx->shpool, sizeof(ngx_http_vts_shctx_t));
+    if (ctx->sh == NULL) {
+        return NGX_ERROR;
+    }
+
+    ctx->shpool->data = ctx->sh;
+
+    ngx_rbtree_init(&ctx->sh->rbtree, &ctx->sh->sentinel,
+                    ngx_http_vts_rbtree_insert_value);
+    ctx->sh->nodes = 0;
+
+    len = sizeof(" in vhost_traffic_status zone \"\"") + shm_zone->shm.name.len;
+
+    ctx->shpool->log_ctx = ngx_slab_alloc(ctx->shpool, len);
+    if (ctx->shpool->log_ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    ngx_sprintf(ctx->shpool->log_ctx, " in vhost_traffic_status zone \"%V\"%Z",
+                &shm_zone->shm.name);
+
+    /* a full zone is reported by the module itself, once */
+    ctx->shpool->log_nomem = 0;
+
+    /* the sum zone always exists */
+
+    ngx_shmtx_lock(&ctx->shpool->mutex);
+
+    (void) ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
+                                        (u_char *) NGX_HTTP_VTS_SUM_KEY,
+                                        sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
+
+    ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    return NGX_OK;
+}
+
+
+static char *
+ngx_http_vts_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_vts_main_conf_t *vmcf = conf;
+
+    u_char              *p, *last;
+    ssize_t              size;
+    ngx_str_t           *value, name, s;
+    ngx_uint_t           i;
+    ngx_http_vts_ctx_t  *ctx;
+
+    if (vmcf->shm_zone != NULL) {
+        return "is duplicate";
+    }
+
+    ngx_str_set(&name, NGX_HTTP_VTS_DEFAULT_SHM_NAME);
+    size = NGX_HTTP_VTS_DEFAULT_SHM_SIZE;
+
+    value = cf->args->elts;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+
+        if (ngx_strncmp(value[i].data, "shared:", 7) != 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid parameter \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        p = value[i].data + 7;
+        last = value[i].data + value[i].len;
+
+        name.data = p;
+
+        p = ngx_strlchr(p, last, ':');
+
+        if (p == NULL) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid shared size \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        name.len = p - name.data;
+
+        if (name.len == 0) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid shared name \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        s.data = p + 1;
+        s.len = last - s.data;
+
+        size = (s.len == 0) ? NGX_ERROR : ngx_parse_size(&s);
+
+        if (size == NGX_ERROR) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid shared size \"%V\"", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+
+        if (size < (ssize_t) (8 * ngx_pagesize)) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "shared \"%V\" is too small", &value[i]);
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ctx = ngx_pcalloc(cf->pool, sizeof(ngx_http_vts_ctx_t));
+    if (ctx == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    vmcf->shm_zone = ngx_shared_memory_add(cf, &name, size,
+                                           &ngx_http_vhost_traffic_status_module);
+    if (vmcf->shm_zone == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (vmcf->shm_zone->data) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "shared \"%V\" is already used", &name);
+        return NGX_CONF_ERROR;
+    }
+
+    vmcf->shm_zone->init = ngx_http_vts_init_zone;
+    vmcf->shm_zone->data = ctx;
+
+    vmcf->shm_name = name;
+    vmcf->shm_size = size;
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_vts_display(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_core_loc_conf_t  *clcf;
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+    clcf->handler = ngx_http_vts_display_handler;
+
+    return NGX_CONF_OK;
+}
+
+
+static void *
+ngx_http_vts_create_main_conf(ngx_conf_t *cf)
+{
+    ngx_http_vts_main_conf_t  *vmcf;
+
+    vmcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_vts_main_conf_t));
+    if (vmcf == NULL) {
+        return NULL;
+    }
+
+    /*
+     * set by ngx_pcalloc():
+     *
+     *     vmcf->shm_zone = NULL;
+     *     vmcf->shm_name = { 0, NULL };
+     */
+
+    vmcf->shm_size = NGX_CONF_UNSET;
+
+    return vmcf;
+}
+
+
+static void *
+ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
+{
+    ngx_http_vts_loc_conf_t  *vlcf;
+
+    vlcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_vts_loc_conf_t));
+    if (vlcf == NULL) {
+        return NULL;
+    }
+
+    vlcf->enable = NGX_CONF_UNSET;
+    vlcf->filter_by_host = NGX_CONF_UNSET;
+    vlcf->format = NGX_CONF_UNSET_UINT;
+
+    return vlcf;
+}
+
+
+static char *
+ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
+{
+    ngx_http_vts_loc_conf_t *prev = parent;
+    ngx_http_vts_loc_conf_t *conf = child;
+
+    ngx_conf_merge_value(conf->enable, prev->enable, 1);
+    ngx_conf_merge_value(conf->filter_by_host, prev->filter_by_host, 0);
+    ngx_conf_merge_uint_value(conf->format, prev->format,
+                              NGX_HTTP_VTS_FORMAT_JSON);
+
+    return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_vts_init(ngx_conf_t *cf)
+{
+    ngx_time_t                 *tp;
+    ngx_http_handler_pt        *h;
+    ngx_http_core_main_conf_t  *cmcf;
+    ngx_http_vts_main_conf_t   *vmcf;
+
+    vmcf = ngx_http_conf_get_module_main_conf(cf,
+                                         ngx_http_vhost_traffic_status_module);
+
+    tp = ngx_timeofday();
+    vmcf->start_msec = (uint64_t) tp->sec * 1000 + tp->msec;
+
+    if (vmcf->shm_zone == NULL) {
+        return NGX_OK;
+    }
+
+    cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_LOG_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_vts_log_handler;
+
+    return NGX_OK;
+}

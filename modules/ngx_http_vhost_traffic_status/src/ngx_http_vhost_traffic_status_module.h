@@ -1,0 +1,126 @@
+
+/*
+ * Virtual-host traffic status: per server / upstream peer counters kept in
+ * a shared-memory zone and exposed as JSON, Prometheus text or HTML.
+ *
+ * Directive names, JSON keys and Prometheus metric names follow the
+ * nginx-module-vts conventions (see the project's traffic-status spec);
+ * the implementation is this project's own.
+ */
+
+
+#ifndef _NGX_HTTP_VHOST_TRAFFIC_STATUS_MODULE_H_INCLUDED_
+#define _NGX_HTTP_VHOST_TRAFFIC_STATUS_MODULE_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+
+
+#ifndef NGX_HTTP_VTS_MODULE_VERSION
+#define NGX_HTTP_VTS_MODULE_VERSION      "v0.1.0"
+#endif
+
+#define NGX_HTTP_VTS_DEFAULT_SHM_NAME    "vhost_traffic_status"
+#define NGX_HTTP_VTS_DEFAULT_SHM_SIZE    (1024 * 1024)
+
+/* zone kinds; the numeric order is the output order */
+#define NGX_HTTP_VTS_KIND_SERVER         1
+#define NGX_HTTP_VTS_KIND_SUM            2
+#define NGX_HTTP_VTS_KIND_UPSTREAM       3
+#define NGX_HTTP_VTS_KIND_NOGROUPS       4
+
+#define NGX_HTTP_VTS_SUM_KEY             "*"
+#define NGX_HTTP_VTS_NOGROUPS_NAME       "::nogroups"
+#define NGX_HTTP_VTS_EMPTY_SERVER_NAME   "_"
+
+#define NGX_HTTP_VTS_FORMAT_UNSET        0
+#define NGX_HTTP_VTS_FORMAT_JSON         1
+#define NGX_HTTP_VTS_FORMAT_PROMETHEUS   2
+#define NGX_HTTP_VTS_FORMAT_HTML         3
+
+#define NGX_HTTP_VTS_MAX_KEY_LEN         4096
+
+
+/* counters of one zone entry; all updated under the slab pool mutex */
+typedef struct {
+    uint64_t                    requests;
+    uint64_t                    in_bytes;
+    uint64_t                    out_bytes;
+    uint64_t                    responses[5];      /* 1xx .. 5xx */
+    uint64_t                    request_msec;      /* sum */
+    uint64_t                    response_msec;     /* sum, upstream only */
+} ngx_http_vts_counters_t;
+
+
+/*
+ * One entry of the shared rbtree.  The rbtree node must come first.
+ * The key is: group (upstream name) followed by the peer address for
+ * upstream kinds, or the host name for server kinds (glen == 0).
+ */
+typedef struct {
+    ngx_rbtree_node_t           node;
+    ngx_http_vts_counters_t     counters;
+    ngx_uint_t                  kind;
+    size_t                      len;               /* whole key */
+    size_t                      glen;              /* group part */
+    u_char                      data[1];
+} ngx_http_vts_node_t;
+
+
+typedef struct {
+    ngx_rbtree_t                rbtree;
+    ngx_rbtree_node_t           sentinel;
+    ngx_uint_t                  nodes;
+} ngx_http_vts_shctx_t;
+
+
+typedef struct {
+    ngx_http_vts_shctx_t       *sh;
+    ngx_slab_pool_t            *shpool;
+} ngx_http_vts_ctx_t;
+
+
+typedef struct {
+    ngx_shm_zone_t             *shm_zone;
+    ngx_str_t                   shm_name;
+    ssize_t                     shm_size;
+    uint64_t                    start_msec;        /* epoch msec of load */
+} ngx_http_vts_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                  enable;
+    ngx_flag_t                  filter_by_host;
+    ngx_uint_t                  format;
+} ngx_http_vts_loc_conf_t;
+
+
+/* a copy of one node taken under the lock, used while formatting */
+typedef struct {
+    ngx_uint_t                  kind;
+    ngx_str_t                   group;
+    ngx_str_t                   name;              /* host or peer */
+    ngx_http_vts_counters_t     c;
+} ngx_http_vts_entry_t;
+
+
+typedef struct {
+    size_t                      max_size;
+    size_t                      used_size;
+    ngx_uint_t                  used_node;
+    ngx_uint_t                  nentries;
+    ngx_http_vts_entry_t       *entries;           /* sorted */
+} ngx_http_vts_snapshot_t;
+
+
+ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
+ngx_int_t ngx_http_vts_snapshot(ngx_http_request_t *r,
+    ngx_http_vts_snapshot_t *snap);
+
+
+extern ngx_module_t  ngx_http_vhost_traffic_status_module;
+
+
+#endif /* _NGX_HTTP_VHOST_TRAFFIC_STATUS_MODULE_H_INCLUDED_ */
