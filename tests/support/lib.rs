@@ -1,1 +1,71 @@
+//! Support for the end-to-end tests: the built bundles, a running nginx, an HTTP client.
+//!
+//! Every test starts the real static nginx from an unpacked release bundle in a fresh
+//! temporary directory and talks to it over 127.0.0.1 only.
 
+pub mod http;
+pub mod nginx;
+
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+pub use nginx::Nginx;
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Strategy {
+    /// Every Lua module compiled to bytecode inside the binary; no `.lua` file ships.
+    Embed,
+    /// The same binary with the Lua files under `lualib/`.
+    Lualib,
+}
+
+impl Strategy {
+    pub const ALL: [Strategy; 2] = [Strategy::Embed, Strategy::Lualib];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Strategy::Embed => "embed",
+            Strategy::Lualib => "lualib",
+        }
+    }
+}
+
+/// The release tarballs of both strategies, built (or found in the store) once per process.
+pub fn dist() -> &'static pipeline::dist::Dist {
+    static DIST: OnceLock<pipeline::dist::Dist> = OnceLock::new();
+    DIST.get_or_init(|| {
+        let project = pipeline::Project::from_checkout().expect("open the project");
+        pipeline::dist::build(&project, &pipeline::dist::Options::default()).unwrap_or_else(|e| panic!("cargo xtask dist failed:\n{e}"))
+    })
+}
+
+/// The release tarball of one strategy.
+pub fn tarball(strategy: Strategy) -> &'static Path {
+    &dist().bundle(strategy.name()).tarball
+}
+
+/// A fresh temporary directory, removed on drop.
+pub fn temp_dir(label: &str) -> tempfile::TempDir {
+    tempfile::Builder::new().prefix(&format!("e2e-{label}-")).tempdir().expect("create a temporary directory")
+}
+
+/// Unpacks the bundle of `strategy` into `dir` (as a user would: `tar -xzf`), returning the
+/// bundle's root (`conf/ sbin/ ...`).
+pub fn unpack_bundle(strategy: Strategy, dir: &Path) -> PathBuf {
+    let status = std::process::Command::new("tar")
+        .arg("-xzf")
+        .arg(tarball(strategy))
+        .arg("-C")
+        .arg(dir)
+        .status()
+        .expect("run tar");
+    assert!(status.success(), "tar -xzf {} failed", tarball(strategy).display());
+    let mut roots: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
+    assert_eq!(roots.len(), 1, "a bundle unpacks to one directory");
+    roots.pop().unwrap()
+}
+
+/// A port on 127.0.0.1 that was free a moment ago.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}

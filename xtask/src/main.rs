@@ -2,6 +2,7 @@
 //! in the `pipeline`, `repro` and `luabc` crates.
 
 mod pin;
+mod toolchain;
 mod vendor;
 
 use std::process::ExitCode;
@@ -21,6 +22,8 @@ enum Task {
     Vendor(vendor::Args),
     /// Add or update one pin from a mirror: fetch, hash the unpacked tree, rewrite the lockfile.
     Pin(pin::Args),
+    /// Build the musl toolchain and LuaJIT into the store.
+    Toolchain(toolchain::Args),
 }
 
 fn main() -> ExitCode {
@@ -28,6 +31,7 @@ fn main() -> ExitCode {
     let result = match cli.task {
         Task::Vendor(args) => vendor::run(args),
         Task::Pin(args) => pin::run(args),
+        Task::Toolchain(args) => toolchain::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -13,6 +13,7 @@ pub struct Project {
     pub root: PathBuf,
     pub store: Store,
     fetcher: Fetcher,
+    tool_versions: std::sync::OnceLock<String>,
 }
 
 impl Project {
@@ -26,7 +27,7 @@ impl Project {
     pub fn at(root: PathBuf) -> Result<Project> {
         let store_root = Store::default_root(STORE_ENV, "static-nginx");
         let fetcher = Fetcher::new(store_root.join("../fetch"));
-        Ok(Project { root, store: Store::open(store_root)?, fetcher })
+        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default() })
     }
 
     pub fn lockfile_path(&self) -> PathBuf {
@@ -39,6 +40,31 @@ impl Project {
 
     pub fn vendor_dir(&self) -> PathBuf {
         self.root.join("vendor")
+    }
+
+    /// The first line of `--version` of every host tool the recipes run: part of every key.
+    pub fn tool_versions(&self) -> &str {
+        self.tool_versions.get_or_init(|| {
+            ["gcc", "ld", "ar", "make", "perl", "strip"]
+                .iter()
+                .map(|tool| {
+                    let version = duct::cmd(*tool, ["--version"]).stderr_null().stdout_capture().unchecked().read().unwrap_or_default();
+                    format!("{tool}: {}", version.lines().next().unwrap_or("missing"))
+                })
+                .collect::<Vec<_>>()
+                .join("\n")
+        })
+    }
+
+    /// Verifies (and unless `offline`, fetches) every pin.
+    pub fn sources(&self, offline: bool) -> Result<Sources> {
+        let pins = self.lockfile()?.pins()?;
+        let mut all = Vec::new();
+        for pin in pins {
+            let verified = fetch::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
+            all.push(Source { pin, verified });
+        }
+        Ok(Sources(all))
     }
 
     pub fn fetcher(&self) -> &Fetcher {
@@ -63,5 +89,15 @@ pub struct Source {
 impl Source {
     pub fn path(&self) -> &Path {
         &self.verified.path
+    }
+}
+
+/// Every pinned source, verified.
+#[derive(Clone, Debug)]
+pub struct Sources(pub Vec<Source>);
+
+impl Sources {
+    pub fn get(&self, name: &str) -> Result<&Source> {
+        self.0.iter().find(|s| s.pin.name == name).ok_or_else(|| repro::Error::new(format!("lockfiles/sources.toml has no pin named {name:?}")))
     }
 }

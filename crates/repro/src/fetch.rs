@@ -262,9 +262,17 @@ extern "C" {
     fn geteuid() -> u32;
 }
 
+/// The last `lines` lines of `text`, each cut to a readable width.
 pub(crate) fn tail(text: &str, lines: usize) -> String {
     let all: Vec<&str> = text.lines().collect();
-    all[all.len().saturating_sub(lines)..].join("\n")
+    all[all.len().saturating_sub(lines)..]
+        .iter()
+        .map(|l| match l.char_indices().nth(400) {
+            Some((cut, _)) => format!("{} […]", &l[..cut]),
+            None => l.to_string(),
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
 }
 
 /// Makes `<dir>/<name>-<version>` hold exactly the pinned tree: kept when it already matches,

@@ -211,6 +211,12 @@ impl Step {
 
     /// Returns the stored output, building it first when its key is absent.
     pub fn run(self, store: &Store) -> Result<Artifact> {
+        self.run_with(store, |_, _| Ok(()))
+    }
+
+    /// Like [`Step::run`], with `finish(build, out)` called after the commands. Whatever the
+    /// closure depends on must be among the step's inputs, files or sources.
+    pub fn run_with(self, store: &Store, finish: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<Artifact> {
         let key = self.key();
         let entry = format!("{}-{key}", self.name);
         let path = store.root.join(&entry);
@@ -237,7 +243,9 @@ impl Step {
         fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
         fs::create_dir_all(&build).context(|| format!("cannot create {}", build.display()))?;
         let staged_log = staging.join("log");
-        let result = self.execute(&build, &out, &staged_log);
+        let result = self.execute(&build, &out, &staged_log).and_then(|()| {
+            finish(&build, &out).map_err(|e| StepFailure::new(&self.name, e.to_string()))
+        });
         let _ = fs::rename(&staged_log, &log);
         if let Err(e) = result {
             let _ = fs::remove_dir_all(&staging);
@@ -267,6 +275,10 @@ impl Step {
             if let Some(parent) = at.parent() {
                 fs::create_dir_all(parent).map_err(|e| StepFailure::io(&self.name, "cannot create a directory", e))?;
             }
+            let contents = match std::str::from_utf8(contents) {
+                Ok(text) => expand(text).into_bytes(),
+                Err(_) => contents.clone(),
+            };
             fs::write(&at, contents).map_err(|e| StepFailure::io(&self.name, "cannot write a recipe file", e))?;
             if *exec {
                 use std::os::unix::fs::PermissionsExt;
@@ -281,7 +293,15 @@ impl Step {
             env.extend(command.env.iter().map(|(k, v)| (k.clone(), expand(v))));
             let cwd = build.join(&command.cwd);
             let log_out = log.try_clone().map_err(|e| StepFailure::io(&self.name, "cannot share the log", e))?;
-            let status = duct::cmd(&argv[0], &argv[1..])
+            // A program given as a relative path (`./configure`) is relative to its directory.
+            // Bare names are looked up on the step's own PATH, not this process's.
+            let program = if argv[0].contains('/') {
+                cwd.join(&argv[0])
+            } else {
+                which::which_in(&argv[0], env.get("PATH"), &cwd)
+                    .map_err(|_| StepFailure::new(&self.name, format!("`{}` is not on the step's PATH ({})", argv[0], env.get("PATH").map_or("", |p| p.as_str()))))?
+            };
+            let status = duct::cmd(program, &argv[1..])
                 .dir(&cwd)
                 .full_env(&env)
                 .stdin_null()

@@ -1,0 +1,79 @@
+//! OpenResty's LuaJIT, static for musl: `libluajit-5.1.a`, its headers, and a `luajit` that
+//! compiles bytecode for exactly that runtime.
+
+use std::path::{Path, PathBuf};
+
+use repro::{Artifact, Result};
+
+use crate::project::{Project, Sources};
+use crate::toolchain;
+
+/// As OpenResty builds it; the fixed PREFIX keeps the build directory out of the compiled-in
+/// default search path.
+const XCFLAGS: &str = "-DLUAJIT_ENABLE_LUA52COMPAT";
+pub const PREFIX: &str = "/usr/local";
+
+pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
+    let luajit = sources.get("luajit")?;
+    let make_vars = |target: &str| -> Vec<String> {
+        vec![
+            "make".into(),
+            target.into(),
+            "-j2".into(),
+            format!("PREFIX={PREFIX}"),
+            format!("CC={}", toolchain::CC),
+            "HOST_CC=gcc".into(),
+            "BUILDMODE=static".into(),
+            "Q=".into(),
+            format!("XCFLAGS={XCFLAGS}"),
+            "CCDEBUG=".into(),
+            "TARGET_STRIP=@:".into(),
+            "CFLAGS=-O2 -fPIE -ffile-prefix-map={build}=/build/luajit".into(),
+        ]
+    };
+    toolchain::step_with_toolchain("luajit", project, toolchain)
+        .source("luajit", luajit.path(), luajit.pin.tree)
+        .command("luajit", make_vars("amalg"))
+        .command("luajit", { let mut v = make_vars("install"); v.push("DESTDIR={out}".into()); v })
+        .run(&project.store)
+}
+
+/// Paths inside a built LuaJIT.
+pub struct Layout {
+    pub root: PathBuf,
+}
+
+impl Layout {
+    pub fn new(artifact: &Artifact) -> Layout {
+        Layout { root: artifact.path.join(PREFIX.trim_start_matches('/')) }
+    }
+
+    pub fn luajit(&self) -> PathBuf {
+        self.root.join("bin/luajit")
+    }
+
+    pub fn lib_dir(&self) -> PathBuf {
+        self.root.join("lib")
+    }
+
+    pub fn include_dir(&self) -> PathBuf {
+        self.root.join("include/luajit-2.1")
+    }
+
+    /// `luajit -b` needs its `jit/*.lua` library.
+    pub fn lua_path(&self) -> String {
+        format!("{}/?.lua", self.share_dir().display())
+    }
+
+    fn share_dir(&self) -> PathBuf {
+        let share = self.root.join("share");
+        std::fs::read_dir(&share)
+            .ok()
+            .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("luajit-"))))
+            .unwrap_or_else(|| share.join("luajit-2.1.0-beta3"))
+    }
+
+    pub fn relative(&self, base: &Path) -> Option<PathBuf> {
+        self.root.strip_prefix(base).ok().map(Path::to_path_buf)
+    }
+}

@@ -1,0 +1,75 @@
+//! The C toolchain every other step builds with: musl from its pinned source, kernel headers,
+//! and a gcc wrapper whose specs make every executable a real static-PIE.
+//!
+//! Debian's musl-gcc turns `-static-pie` into a dynamic PIE, drops crypt(), and gcc 12's
+//! libgcc_eh wants glibc's `_dl_find_object`; `toolchain/` holds the specs and the small C
+//! support library (`libstaticpie.a`: `_dl_find_object`, a `dlsym` that reads the binary's own
+//! `.dynsym`, and a RELRO constructor) that fix all three.
+
+use repro::{Artifact, Result, Step};
+
+use crate::project::{Project, Sources};
+
+/// Where a step mounts the toolchain, relative to its build directory.
+pub const MOUNT: &str = "toolchain";
+/// The compiler command configure scripts get (found on the step's PATH).
+pub const CC: &str = "x86_64-linux-musl-gcc";
+
+const SPECS_IN: &str = include_str!("../../../toolchain/x86_64-linux-musl.specs.in");
+const WRAPPER_IN: &str = include_str!("../../../toolchain/x86_64-linux-musl-gcc.in");
+const SUPPORT_SOURCES: [(&str, &str); 3] = [
+    ("dl_find_object.c", include_str!("../../../toolchain/static-pie/dl_find_object.c")),
+    ("dlsym.c", include_str!("../../../toolchain/static-pie/dlsym.c")),
+    ("relro.c", include_str!("../../../toolchain/static-pie/relro.c")),
+];
+
+/// Builds musl, gathers the kernel headers and compiles the static-PIE support library.
+pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
+    let musl = sources.get("musl")?;
+    let headers = sources.get("linux-headers")?;
+    let mut step = Step::new("toolchain")
+        .input("tools", project.tool_versions())
+        .input("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
+        .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
+        .source("musl", musl.path(), musl.pin.tree)
+        .source("linux-headers", headers.path(), headers.pin.tree);
+    step = with_compiler(step, "{out}");
+    for (name, text) in SUPPORT_SOURCES {
+        step = step.file(format!("static-pie/{name}"), text, false);
+    }
+    let prefix_map = "-ffile-prefix-map={build}=/build/toolchain";
+    step.command("musl", ["./configure", "--prefix=/", "--disable-shared", "CC=gcc", &format!("CFLAGS=-O2 {prefix_map}")])
+        .command("musl", ["make", "-j2"])
+        .command("musl", ["make", "install", "DESTDIR={out}"])
+        .command(".", ["mkdir", "-p", "{out}/kernel-headers", "{out}/lib"])
+        .command("linux-headers", ["cp", "-R", "linux", "asm-generic", "{out}/kernel-headers/"])
+        .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", "{out}/kernel-headers/asm"])
+        .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", prefix_map, "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
+        .command("static-pie", ["ar", "rcsD", "{out}/lib/libstaticpie.a", "dl_find_object.o", "dlsym.o"])
+        .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"])
+        .run(&project.store)
+}
+
+/// Puts the musl compiler on a step's PATH, its specs pointing at the toolchain under `root`
+/// (`{build}/toolchain` in steps that mount it, `{out}` while the toolchain itself builds).
+pub fn with_compiler(step: Step, root: &str) -> Step {
+    let specs = SPECS_IN
+        .replace("@MUSL_PREFIX@", root)
+        .replace("@KERNEL_HEADERS@", &format!("{root}/kernel-headers"))
+        .replace("@STATICPIE_LIB@", &format!("{root}/lib"));
+    let wrapper = WRAPPER_IN.replace("@HOST_CC@", "/usr/bin/gcc").replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs");
+    step.file("cc/x86_64-linux-musl.specs", specs, false)
+        .file(format!("cc/bin/{CC}"), wrapper, true)
+        .env("PATH", "{build}/cc/bin:/usr/local/bin:/usr/bin:/bin")
+        .env("CC", CC)
+}
+
+/// A step that compiles with the toolchain built by [`build`].
+pub fn step_with_toolchain(name: &str, project: &Project, toolchain: &Artifact) -> Step {
+    let step = Step::new(name)
+        .input("tools", project.tool_versions())
+        .input("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
+        .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
+        .dep(MOUNT, toolchain);
+    with_compiler(step, &format!("{{build}}/{MOUNT}"))
+}
