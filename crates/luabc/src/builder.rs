@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use crate::archive::{write_archive, ArchiveMember};
 use crate::header::{BytecodeHeader, RuntimeAbi};
 use crate::luajit::{CompileInput, Luajit, LuajitInfo};
-use crate::output::{elf_object, preload_c_source, Arch, PreloadEntry};
+use crate::output::{c_source, elf_object, preload_c_source, Arch, PreloadEntry};
 use crate::{Error, ModuleName};
 
 /// File name of the manifest [`Build::try_objects`] writes next to the objects.
@@ -30,6 +30,8 @@ pub struct Build {
     require_deterministic: bool,
     preload_function: Option<String>,
     lua_include_dir: Option<PathBuf>,
+    write_raw: bool,
+    write_c: bool,
 }
 
 /// One compiled module.
@@ -48,6 +50,10 @@ pub struct ModuleArtifact {
     pub object: PathBuf,
     /// The raw bytecode (what `luajit -b -t raw` writes).
     pub bytecode: Vec<u8>,
+    /// `<symbol>.luac`, if [`Build::write_raw`] was on.
+    pub raw_file: Option<PathBuf>,
+    /// `<symbol>.c`, if [`Build::write_c`] was on.
+    pub c_file: Option<PathBuf>,
 }
 
 /// What a build produced.
@@ -101,6 +107,8 @@ impl Build {
             require_deterministic: true,
             preload_function: None,
             lua_include_dir: None,
+            write_raw: false,
+            write_c: false,
         }
     }
 
@@ -120,6 +128,27 @@ impl Build {
     /// Adds one module under an explicit name.
     pub fn module(&mut self, name: &str, source: impl Into<PathBuf>) -> &mut Build {
         self.modules.push((name.to_string(), source.into()));
+        self
+    }
+
+    /// Adds several `(module name, source)` pairs.
+    pub fn modules<N: AsRef<str>, P: Into<PathBuf>>(&mut self, modules: impl IntoIterator<Item = (N, P)>) -> &mut Build {
+        for (n, p) in modules {
+            self.module(n.as_ref(), p);
+        }
+        self
+    }
+
+    /// Also write each module's bytecode as `<symbol>.luac` (raw, as `luajit -b -t raw`)
+    /// next to its object.
+    pub fn write_raw(&mut self, on: bool) -> &mut Build {
+        self.write_raw = on;
+        self
+    }
+
+    /// Also write each module as C source `<symbol>.c` (see [`c_source`]) next to its object.
+    pub fn write_c(&mut self, on: bool) -> &mut Build {
+        self.write_c = on;
         self
     }
 
@@ -202,7 +231,7 @@ impl Build {
     }
 
     /// Compiles every module to `<out_dir>/<symbol>.o` and writes the manifest there.
-    /// Stale `luaJIT_BC_*.o` files in `out_dir` are removed.
+    /// Stale `luaJIT_BC_*.{o,c,luac}` files in `out_dir` are removed.
     pub fn try_objects(&self) -> Result<Artifacts, Error> {
         let out_dir = self.resolve_out_dir()?;
         let planned = self.plan()?;
@@ -402,6 +431,21 @@ impl Build {
             let symbol = p.name.symbol();
             let object = dir.join(format!("{symbol}.o"));
             write_file(&object, &elf_object(&symbol, &bytecode, arch)?)?;
+            let raw_file = if self.write_raw {
+                let f = dir.join(format!("{symbol}.luac"));
+                write_file(&f, &bytecode)?;
+                Some(f)
+            } else {
+                None
+            };
+            let c_file = if self.write_c {
+                let f = dir.join(format!("{symbol}.c"));
+                let what = format!("Lua module \"{}\", chunk \"@{}\"", p.name, p.chunk_path);
+                write_file(&f, c_source(&symbol, &bytecode, &what)?.as_bytes())?;
+                Some(f)
+            } else {
+                None
+            };
             modules.push(ModuleArtifact {
                 name: p.name.to_string(),
                 symbol,
@@ -409,6 +453,8 @@ impl Build {
                 chunk_path: p.chunk_path,
                 object,
                 bytecode,
+                raw_file,
+                c_file,
             });
         }
         if stage.exists() {
@@ -516,9 +562,12 @@ fn remove_stale_objects(dir: &Path, modules: &[ModuleArtifact]) -> Result<(), Er
     for e in fs::read_dir(dir).map_err(|e| Error::io("read directory", dir, e))? {
         let e = e.map_err(|e| Error::io("read directory", dir, e))?;
         let name = e.file_name().to_string_lossy().into_owned();
-        if name.starts_with(crate::SYMBOL_PREFIX)
-            && name.ends_with(".o")
-            && !modules.iter().any(|m| m.object == e.path())
+        let path = e.path();
+        let ours = [".o", ".c", ".luac"].iter().any(|ext| name.ends_with(ext));
+        let current = modules.iter().any(|m| {
+            m.object == path || m.raw_file.as_ref() == Some(&path) || m.c_file.as_ref() == Some(&path)
+        });
+        if name.starts_with(crate::SYMBOL_PREFIX) && ours && !current
         {
             fs::remove_file(e.path()).map_err(|err| Error::io("remove stale object", e.path(), err))?;
         }
@@ -620,6 +669,136 @@ mod tests {
         }
     }
 
+    /// A stand-in for luajit (POSIX sh) that answers the probe and `-b` like LuaJIT
+    /// 2.1 with `-F`, emits a header-only "dump", and fails if the environment was
+    /// not cleared. `nondeterministic` makes the probe dump vary per process.
+    #[cfg(unix)]
+    fn fake_luajit(dir: &Path, nondeterministic: bool) -> PathBuf {
+        use std::os::unix::fs::PermissionsExt;
+        let probe_dump = if nondeterministic { "1b4c4a020a%04x' $(($$ % 65536))" } else { "1b4c4a020a'" };
+        let script = format!(
+            r#"#!/bin/sh
+if [ -n "$HOME" ] || [ -n "$CARGO_MANIFEST_DIR" ]; then echo "environment not cleared" >&2; exit 3; fi
+[ "$LUA_PATH" = "/fake/src/?.lua" ] || {{ echo "bad LUA_PATH $LUA_PATH" >&2; exit 4; }}
+PATH=/usr/bin:/bin
+case "$1" in
+-e) printf 'LuaJIT 2.1.0-fake\nx64\nLinux\nffi\n'; printf '{probe_dump}; echo; exit 0 ;;
+-b) shift
+    if [ $# -eq 0 ]; then
+      printf 'Save LuaJIT bytecode: luajit -b[options] input output\n  -s        Strip debug info\n  -F name   Override filename\n' >&2
+      exit 1
+    fi
+    [ "$1 $2" = "-t raw" ] || exit 5
+    mode=$3; name=$5; src=$6
+    if grep -q SYNTAX "$src"; then echo "luajit: $name:7: unexpected symbol near 'x'" >&2; exit 1; fi
+    if [ "$mode" = -s ]; then printf '\033LJ\002\012'; else
+      n=$(printf '@%s' "$name" | wc -c)
+      printf '\033LJ\002\010'; printf "\\$(printf %o $n)"; printf '@%s' "$name"
+    fi
+    printf '\000' ;;
+*) exit 6 ;;
+esac
+"#
+        );
+        let path = dir.join(if nondeterministic { "luajit-nondet" } else { "luajit" });
+        fs::write(&path, script).unwrap();
+        fs::set_permissions(&path, fs::Permissions::from_mode(0o755)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn build_with_fake_luajit() {
+        use object::read::archive::ArchiveFile;
+        let root = tmp("fake");
+        let lj = fake_luajit(&root, false);
+        touch(&root, "lib/resty/core.lua");
+        touch(&root, "lib/foo/init.lua");
+        touch(&root, "other.lua");
+        let out = root.join("out");
+        fs::create_dir_all(&out).unwrap();
+        fs::write(out.join("luaJIT_BC_stale.o"), b"old").unwrap();
+        fs::write(out.join("keep.o"), b"not ours").unwrap();
+        let mut b = Build::new();
+        b.luajit(&lj)
+            .lua_path("/fake/src/?.lua")
+            .library_root(root.join("lib"))
+            .modules([("v2-extra", root.join("other.lua"))])
+            .strip(false)
+            .write_c(true)
+            .write_raw(true)
+            .arch(Arch::X86_64)
+            .runtime_abi(RuntimeAbi::LUAJIT_2_1_GC64)
+            .out_dir(&out);
+        let arts = b.try_objects().unwrap();
+        assert_eq!(arts.compiler.version, "LuaJIT 2.1.0-fake");
+        assert!(arts.compiler.has_chunk_name_flag && arts.compiler.deterministic);
+        let names: Vec<_> = arts.modules.iter().map(|m| (m.name.as_str(), m.symbol.as_str())).collect();
+        assert_eq!(
+            names,
+            [("foo", "luaJIT_BC_foo"), ("resty.core", "luaJIT_BC_resty_core"), ("v2-extra", "luaJIT_BC_extra")]
+        );
+        let core = &arts.modules[1];
+        let h = BytecodeHeader::parse(&core.bytecode).unwrap();
+        assert_eq!(h.chunk_name.as_deref(), Some(&b"@resty/core.lua"[..]));
+        assert_eq!(fs::read(core.raw_file.as_ref().unwrap()).unwrap(), core.bytecode);
+        assert!(fs::read_to_string(core.c_file.as_ref().unwrap()).unwrap().contains("luaJIT_BC_resty_core[]"));
+        assert_eq!(arts.modules[2].chunk_path, "v2-extra.lua");
+        assert!(!out.join("luaJIT_BC_stale.o").exists(), "stale object removed");
+        assert!(out.join("keep.o").exists(), "foreign file kept");
+        assert!(!out.join(".luabc-stage").exists());
+        let manifest = fs::read_to_string(&arts.manifest).unwrap();
+        assert!(manifest.contains("resty.core\tluaJIT_BC_resty_core\tluaJIT_BC_resty_core.o\t"), "{manifest}");
+
+        // Same inputs, same bytes.
+        let first: Vec<_> = arts.modules.iter().map(|m| fs::read(&m.object).unwrap()).collect();
+        let again = b.try_objects().unwrap();
+        let second: Vec<_> = again.modules.iter().map(|m| fs::read(&m.object).unwrap()).collect();
+        assert_eq!(first, second);
+
+        // Static library.
+        let arts = b.out_dir(root.join("libout")).strip(true).try_compile("luamods").unwrap();
+        let lib = arts.library.unwrap();
+        assert_eq!(lib, root.join("libout/libluamods.a"));
+        let data = fs::read(&lib).unwrap();
+        let ar = ArchiveFile::parse(&*data).unwrap();
+        let syms: Vec<_> = ar.symbols().unwrap().unwrap().map(|s| s.unwrap().name().to_vec()).collect();
+        assert_eq!(syms, [&b"luaJIT_BC_foo"[..], b"luaJIT_BC_resty_core", b"luaJIT_BC_extra"]);
+        assert!(BytecodeHeader::parse(&arts.modules[0].bytecode).unwrap().stripped());
+        fs::remove_dir_all(&root).unwrap();
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn fake_luajit_errors() {
+        let root = tmp("fake-errors");
+        let lj = fake_luajit(&root, false);
+        touch(&root, "lib/ok.lua");
+        fs::write(root.join("lib/broken.lua"), "SYNTAX\n").unwrap();
+        let mut b = Build::new();
+        b.luajit(&lj).lua_path("/fake/src/?.lua").library_root(root.join("lib")).out_dir(root.join("out"));
+        match b.try_objects().unwrap_err() {
+            Error::Syntax { module, file, line, message } => {
+                assert_eq!(module, "broken");
+                assert_eq!(file, root.join("lib/broken.lua"));
+                assert_eq!(line, 7);
+                assert_eq!(message, "unexpected symbol near 'x'");
+            }
+            e => panic!("expected a syntax error, got {e}"),
+        }
+
+        fs::remove_file(root.join("lib/broken.lua")).unwrap();
+        let e = b.clone().runtime_abi(RuntimeAbi::new(2, false)).try_objects().unwrap_err();
+        assert!(matches!(e, Error::AbiMismatch { .. }), "{e}");
+
+        let nondet = fake_luajit(&root, true);
+        let e = b.clone().luajit(&nondet).try_objects().unwrap_err();
+        assert!(matches!(e, Error::NonDeterministic { .. }), "{e}");
+        assert!(e.to_string().contains("LUAJIT_SECURITY_PRNG=0"));
+        b.clone().luajit(&nondet).require_deterministic(false).try_objects().unwrap();
+        fs::remove_dir_all(&root).unwrap();
+    }
+
     #[test]
     fn manifest_format() {
         let info = LuajitInfo {
@@ -638,6 +817,8 @@ mod tests {
             chunk_path: "a/b.lua".into(),
             object: "/out/luaJIT_BC_a_b.o".into(),
             bytecode: vec![1, 2, 3],
+            raw_file: None,
+            c_file: None,
         };
         let t = manifest_text(&info, true, &[m]);
         assert!(t.ends_with("\na.b\tluaJIT_BC_a_b\tluaJIT_BC_a_b.o\t3\ta/b.lua\n"), "{t}");

@@ -32,7 +32,13 @@
 //! }
 //! ```
 //!
-//! Link LuaJIT itself after this library. The pieces are usable on their own:
+//! Link LuaJIT itself after this library. Without the preload function, `require`
+//! finds modules through `dlsym`: link with [`Build::whole_archive`] and export the
+//! symbols (`-Wl,-E`). [`RuntimeAbi`] checks catch dump-format and GC64 mismatches,
+//! not different LuaJIT commits: compile with the LuaJIT tree you run.
+//!
+//! For tools (no cargo output), [`Build::try_objects`] writes `<symbol>.o` files and
+//! a manifest ([`MANIFEST_FILE`]) to a directory. The pieces are usable on their own:
 //! [`module_name_from_path`], [`symbol_for_module`], [`BytecodeHeader`],
 //! [`RuntimeAbi`], [`Luajit::probe`], [`elf_object`], [`c_source`],
 //! [`preload_c_source`] and [`write_archive`].
