@@ -149,14 +149,19 @@ ngx_http_vts_out_fmt(ngx_http_vts_out_t *out, const char *fmt, ...)
 }
 
 
-/* Prometheus label value: escapes backslash, double quote and newline */
+/*
+ * Prometheus label value: escapes backslash, double quote and newline.
+ * Bytes that are not valid UTF-8 (possible in a Host header) become
+ * U+FFFD, because a scraper rejects the whole page otherwise.
+ */
 
 static void
 ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
 {
-    u_char      *p, *src, *end;
+    u_char      *p, *src, *end, *next;
+    uint32_t     cp;
 
-    p = ngx_http_vts_out_reserve(out, s->len * 2);
+    p = ngx_http_vts_out_reserve(out, s->len * 3);
     if (p == NULL) {
         return;
     }
@@ -165,6 +170,23 @@ ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
     end = s->data + s->len;
 
     while (src < end) {
+
+        if (*src >= 0x80) {
+            next = src;
+            cp = ngx_utf8_decode(&next, end - src);
+
+            if (cp <= 0x10ffff && (cp < 0xd800 || cp > 0xdfff)) {
+                p = ngx_cpymem(p, src, next - src);
+                src = next;
+
+            } else {
+                p = ngx_cpymem(p, "\xef\xbf\xbd", 3);
+                src++;
+            }
+
+            continue;
+        }
+
         switch (*src) {
 
         case '\\':
@@ -919,9 +941,8 @@ ngx_http_vts_html(ngx_http_vts_page_t *pg)
     ngx_http_vts_out_html_esc(out, &ngx_http_vts_nginx_version);
     ngx_http_vts_out_str(out, " &middot; module ");
     ngx_http_vts_out_html_esc(out, &ngx_http_vts_module_version);
-    ngx_http_vts_out_str(out, " &middot; <a href=\"format/json\">json</a>"
-                         " &middot; <a href=\"format/prometheus\">"
-                         "prometheus</a></p>\n");
+    ngx_http_vts_out_str(out, " &middot; also as .../format/json and "
+                         ".../format/prometheus</p>\n");
 
     ngx_http_vts_out_fmt(out, "<h2>Connections</h2>\n<table><tr><th>active"
                          "</th><th>reading</th><th>writing</th><th>waiting"

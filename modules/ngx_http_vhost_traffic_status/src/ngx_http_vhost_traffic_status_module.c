@@ -382,9 +382,13 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         kind = NGX_HTTP_VTS_KIND_UPSTREAM;
     }
 
-    key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
-    if (key == NULL) {
-        return NGX_OK;
+    key = NULL;
+
+    if (r->upstream_states != NULL && r->upstream_states->nelts > 0) {
+        key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
+        if (key == NULL) {
+            return NGX_OK;
+        }
     }
 
     full = 0;
@@ -410,7 +414,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         full = 1;
     }
 
-    if (r->upstream_states != NULL && r->upstream_states->nelts > 0) {
+    if (key != NULL) {
 
         state = r->upstream_states->elts;
 
