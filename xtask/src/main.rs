@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build tasks. Parsing and dispatch only; the work lives
 //! in the `pipeline`, `repro` and `luabc` crates.
 
+mod dist;
 mod pin;
 mod toolchain;
 mod vendor;
@@ -20,6 +21,8 @@ struct Cli {
 enum Task {
     /// Fetch every pinned source, verify it, and unpack it under vendor/.
     Vendor(vendor::Args),
+    /// Build both release bundles (embed, lualib) into target/dist.
+    Dist(dist::Args),
     /// Add or update one pin from a mirror: fetch, hash the unpacked tree, rewrite the lockfile.
     Pin(pin::Args),
     /// Build the musl toolchain and LuaJIT into the store.
@@ -30,6 +33,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.task {
         Task::Vendor(args) => vendor::run(args),
+        Task::Dist(args) => dist::run(args),
         Task::Pin(args) => pin::run(args),
         Task::Toolchain(args) => toolchain::run(args),
     };

@@ -1,6 +1,13 @@
 //! The recipes that turn the pinned sources into a fully static nginx.
+//!
+//! Each recipe is a [`repro::Step`]: toolchain → LuaJIT, OpenSSL → nginx (compiled once) →
+//! the embed relink with the Lua bytecode → the bundles written by [`dist`].
 
+pub mod dist;
+pub mod lua_modules;
 pub mod luajit;
+pub mod nginx;
+pub mod openssl;
 pub mod project;
 pub mod toolchain;
 

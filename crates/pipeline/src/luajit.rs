@@ -15,7 +15,7 @@ pub const PREFIX: &str = "/usr/local";
 
 pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
     let luajit = sources.get("luajit")?;
-    let make_vars = |target: &str| -> Vec<String> {
+    let make_vars = |target: &str, extra_xcflags: &str| -> Vec<String> {
         vec![
             "make".into(),
             target.into(),
@@ -25,7 +25,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
             "HOST_CC=gcc".into(),
             "BUILDMODE=static".into(),
             "Q=".into(),
-            format!("XCFLAGS={XCFLAGS}"),
+            format!("XCFLAGS={XCFLAGS}{extra_xcflags}"),
             "CCDEBUG=".into(),
             "TARGET_STRIP=@:".into(),
             "CFLAGS=-O2 -fPIE -ffile-prefix-map={build}=/build/luajit".into(),
@@ -33,8 +33,14 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
     };
     toolchain::step_with_toolchain("luajit", project, toolchain)
         .source("luajit", luajit.path(), luajit.pin.tree)
-        .command("luajit", make_vars("amalg"))
-        .command("luajit", { let mut v = make_vars("install"); v.push("DESTDIR={out}".into()); v })
+        .command("luajit", make_vars("amalg", ""))
+        .command("luajit", { let mut v = make_vars("install", ""); v.push("DESTDIR={out}".into()); v })
+        // The compiler for bytecode: the same tree and flags, but with the string hash seed
+        // fixed, or table constants are dumped in a different order every run. The runtime
+        // linked into nginx keeps its random seed.
+        .command("luajit", ["make", "clean"])
+        .command("luajit", make_vars("amalg", " -DLUAJIT_SECURITY_PRNG=0"))
+        .command("luajit", ["cp", "src/luajit", &format!("{{out}}{PREFIX}/bin/luajit-bytecode")])
         .run(&project.store)
 }
 
@@ -50,6 +56,11 @@ impl Layout {
 
     pub fn luajit(&self) -> PathBuf {
         self.root.join("bin/luajit")
+    }
+
+    /// The deterministic compiler build (see [`build`]).
+    pub fn bytecode_compiler(&self) -> PathBuf {
+        self.root.join("bin/luajit-bytecode")
     }
 
     pub fn lib_dir(&self) -> PathBuf {

@@ -176,3 +176,67 @@ fn refuse_escaping_symlinks(canonical_root: &Path, dir: &Path, what: &str) -> Re
     }
     Ok(())
 }
+
+/// Writes `dir` as a deterministic `.tar.gz` whose entries sit under `top/`: sorted names,
+/// owner 0, modes 0755/0644 by the executable bit, every time `mtime`, gzip header without
+/// name or time. Written to a temporary file and renamed, so readers never see half of it.
+pub fn write_tar_gz(dir: &Path, top: &str, out: &Path, mtime: u64) -> Result<()> {
+    let tmp = out.with_extension(format!("tmp{}", std::process::id()));
+    let result = (|| {
+        let file = fs::File::create(&tmp).context(|| format!("cannot create {}", tmp.display()))?;
+        let gz = flate2::GzBuilder::new().mtime(0).write(file, flate2::Compression::best());
+        let mut tar = tar::Builder::new(gz);
+        tar.mode(tar::HeaderMode::Deterministic);
+        append_sorted(&mut tar, dir, Path::new(top), mtime)?;
+        let gz = tar.into_inner().context(|| format!("cannot finish {}", tmp.display()))?;
+        gz.finish().context(|| format!("cannot finish {}", tmp.display()))?;
+        fs::rename(&tmp, out).context(|| format!("cannot write {}", out.display()))
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+fn append_sorted<W: io::Write>(tar: &mut tar::Builder<W>, dir: &Path, name: &Path, mtime: u64) -> Result<()> {
+    let mut header = tar::Header::new_gnu();
+    header.set_entry_type(tar::EntryType::Directory);
+    header.set_mode(0o755);
+    header.set_size(0);
+    header.set_mtime(mtime);
+    header.set_uid(0);
+    header.set_gid(0);
+    tar.append_data(&mut header, format!("{}/", name.display()), io::empty()).context(|| format!("cannot archive {}", dir.display()))?;
+    let mut entries: Vec<_> = fs::read_dir(dir)
+        .context(|| format!("cannot list {}", dir.display()))?
+        .map(|e| e.map(|e| e.path()))
+        .collect::<Result<_, _>>()
+        .context(|| format!("cannot list {}", dir.display()))?;
+    entries.sort();
+    for path in entries {
+        let child = name.join(path.file_name().unwrap());
+        let meta = fs::symlink_metadata(&path).context(|| format!("cannot stat {}", path.display()))?;
+        if meta.is_dir() {
+            append_sorted(tar, &path, &child, mtime)?;
+        } else if meta.file_type().is_symlink() {
+            let target = fs::read_link(&path).context(|| format!("cannot read {}", path.display()))?;
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Symlink);
+            header.set_mode(0o777);
+            header.set_size(0);
+            header.set_mtime(mtime);
+            tar.append_link(&mut header, &child, &target).context(|| format!("cannot archive {}", path.display()))?;
+        } else {
+            let mut header = tar::Header::new_gnu();
+            header.set_entry_type(tar::EntryType::Regular);
+            header.set_mode(if meta.permissions().mode() & 0o111 != 0 { 0o755 } else { 0o644 });
+            header.set_size(meta.len());
+            header.set_mtime(mtime);
+            header.set_uid(0);
+            header.set_gid(0);
+            let file = fs::File::open(&path).context(|| format!("cannot open {}", path.display()))?;
+            tar.append_data(&mut header, &child, file).context(|| format!("cannot archive {}", path.display()))?;
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,167 @@
+//! The Lua modules a server needs, found by following `require` calls from the roots, and
+//! their bytecode for the embed strategy.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use repro::{Artifact, Error, Result, Step};
+
+use crate::luajit;
+use crate::project::Project;
+
+/// The modules every server loads: lua-nginx-module refuses to start without resty.core.
+pub const ROOTS: [&str; 2] = ["resty.core", "resty.upstream.healthcheck"];
+
+/// Modules compiled into LuaJIT or lua-nginx-module, never files.
+const BUILTIN: [&str; 18] = [
+    "_G", "bit", "coroutine", "debug", "ffi", "io", "jit", "math", "os", "package", "string", "table",
+    "table.new", "table.clear", "table.nkeys", "table.isarray", "table.isempty", "table.clone",
+];
+
+/// A Lua library directory (`resty/core.lua` is `require "resty.core"`) and who provides it.
+#[derive(Clone, Debug)]
+pub struct LibraryRoot {
+    pub provider: String,
+    pub dir: PathBuf,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Module {
+    pub name: String,
+    pub file: PathBuf,
+    /// The path below its library root, as shipped under `lualib/`.
+    pub relative: PathBuf,
+}
+
+/// Resolves the closure of `roots` over `require` calls. A required module that no root
+/// provides fails, naming who requires it; `pcall(require, ...)` marks optional modules.
+pub fn closure(roots: &[&str], libraries: &[LibraryRoot], c_modules: &BTreeSet<String>) -> Result<Vec<Module>> {
+    let mut found: BTreeMap<String, Module> = BTreeMap::new();
+    let mut queue: Vec<(String, String, bool)> = roots.iter().map(|r| (r.to_string(), "the server".to_string(), false)).collect();
+    while let Some((name, required_by, optional)) = queue.pop() {
+        if found.contains_key(&name) || is_builtin(&name) || c_modules.contains(&name) {
+            continue;
+        }
+        let Some(module) = locate(&name, libraries) else {
+            if optional {
+                continue;
+            }
+            let searched: Vec<String> = libraries.iter().map(|l| format!("{} ({})", l.dir.display(), l.provider)).collect();
+            return Err(Error::new(format!(
+                "Lua module `{name}`, required by {required_by}, is provided by no pin and not by lualib/ (searched {})",
+                searched.join(", ")
+            )));
+        };
+        let text = fs::read_to_string(&module.file).map_err(|e| Error::with_source(format!("cannot read {}", module.file.display()), e))?;
+        for (dep, optional) in requires(&text) {
+            queue.push((dep, format!("{name} ({})", module.file.display()), optional));
+        }
+        found.insert(name, module);
+    }
+    Ok(found.into_values().collect())
+}
+
+fn is_builtin(name: &str) -> bool {
+    BUILTIN.contains(&name) || name.starts_with("jit.")
+}
+
+fn locate(name: &str, libraries: &[LibraryRoot]) -> Option<Module> {
+    let base = name.replace('.', "/");
+    for library in libraries {
+        for relative in [format!("{base}.lua"), format!("{base}/init.lua")] {
+            let file = library.dir.join(&relative);
+            if file.is_file() {
+                return Some(Module { name: name.to_owned(), file, relative: PathBuf::from(relative) });
+            }
+        }
+    }
+    None
+}
+
+/// `require "x"`, `require("x")`, `require 'x'`, and `pcall(require, "x")` (optional).
+fn requires(source: &str) -> Vec<(String, bool)> {
+    let mut out = Vec::new();
+    for line in source.lines() {
+        let code = line.split("--").next().unwrap_or("");
+        let mut rest = code;
+        while let Some(at) = rest.find("require") {
+            let before = &rest[..at];
+            let after = rest[at + "require".len()..].trim_start();
+            rest = &rest[at + "require".len()..];
+            let word_start = before.chars().last().map_or(true, |c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+            if !word_start {
+                continue;
+            }
+            let optional = before.trim_end().ends_with("pcall(");
+            let after = if optional { after.trim_start_matches(',').trim_start() } else { after.trim_start_matches('(').trim_start() };
+            let Some(quote) = after.chars().next().filter(|c| *c == '"' || *c == '\'') else { continue };
+            if let Some(end) = after[1..].find(quote) {
+                let name = &after[1..1 + end];
+                if !name.is_empty() && name.chars().all(|c| c.is_alphanumeric() || c == '_' || c == '.' || c == '-') {
+                    out.push((name.to_owned(), optional));
+                }
+            }
+        }
+    }
+    out
+}
+
+/// Names registered by the project's C modules with `ngx_http_lua_add_package_preload`.
+pub fn c_provided_modules(modules_dir: &Path) -> Result<BTreeSet<String>> {
+    let mut names = BTreeSet::new();
+    for file in walk(modules_dir)? {
+        if file.extension().is_some_and(|e| e == "c") {
+            let text = fs::read_to_string(&file).map_err(|e| Error::with_source(format!("cannot read {}", file.display()), e))?;
+            let mut rest = text.as_str();
+            while let Some(at) = rest.find("ngx_http_lua_add_package_preload(") {
+                rest = &rest[at + 33..];
+                if let Some(q) = rest.find('"') {
+                    if let Some(end) = rest[q + 1..].find('"') {
+                        names.insert(rest[q + 1..q + 1 + end].to_owned());
+                    }
+                }
+            }
+        }
+    }
+    Ok(names)
+}
+
+fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
+    let mut out = Vec::new();
+    let Ok(entries) = fs::read_dir(dir) else { return Ok(out) };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        if path.is_dir() {
+            out.extend(walk(&path)?);
+        } else {
+            out.push(path);
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Compiles `modules` to bytecode objects with the pinned LuaJIT, in a store step keyed by
+/// the sources' contents, and archives them into `liblua-modules.a`.
+pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip: bool) -> Result<Artifact> {
+    let layout = luajit::Layout::new(luajit);
+    let mut step = Step::new(if strip { "lua-bytecode" } else { "lua-bytecode-debug" })
+        .input("luabc", env!("CARGO_PKG_VERSION"))
+        .input("strip", strip.to_string())
+        .dep("luajit", luajit);
+    for m in modules {
+        let text = fs::read(&m.file).map_err(|e| Error::with_source(format!("cannot read {}", m.file.display()), e))?;
+        step = step.file(format!("lua/{}", m.relative.display()), text, false).input(format!("module {}", m.name), m.relative.display().to_string());
+    }
+    let names: Vec<(String, PathBuf)> = modules.iter().map(|m| (m.name.clone(), m.relative.clone())).collect();
+    step.run_with(&project.store, |build, out| {
+        let mut b = luabc::Build::new();
+        b.luajit(layout.bytecode_compiler()).lua_path(layout.lua_path()).strip(strip).out_dir(out).whole_archive(true);
+        for (name, rel) in &names {
+            b.module(name, build.join("lua").join(rel));
+        }
+        b.try_compile("lua-modules").map_err(|e| Error::new(e.to_string()))?;
+        Ok(())
+    })
+}

@@ -1,0 +1,31 @@
+use std::path::PathBuf;
+use std::time::Instant;
+
+use pipeline::{dist, Project};
+use repro::Result;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Use only sources already in vendor/.
+    #[arg(long)]
+    offline: bool,
+    /// Where to write the bundles (default: target/dist).
+    #[arg(long)]
+    out: Option<PathBuf>,
+}
+
+/// Builds both bundles and prints what was built and what came from the store.
+pub fn run(args: Args) -> Result<()> {
+    let started = Instant::now();
+    let project = Project::from_checkout()?;
+    let dist = dist::build(&project, &dist::Options { offline: args.offline, out_dir: args.out })?;
+    for step in &dist.steps {
+        println!("{:<20} {} {}", step.name, if step.built { "built " } else { "cached" }, step.path.display());
+    }
+    for bundle in &dist.bundles {
+        println!("{}", bundle.tarball.display());
+    }
+    println!("{}", dist.sha256sums.display());
+    println!("dist done in {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
