@@ -1,0 +1,1026 @@
+//! Issue 5: the project's vhost traffic status module (`modules/ngx_http_vhost_traffic_status`).
+//!
+//! Every test starts the real static nginx from a release bundle with two workers and talks to
+//! it on 127.0.0.1 only. Upstream peers are extra `server` blocks of the same nginx (with
+//! accounting off), so no other process is needed. Expected numbers come from the request plan
+//! and, for bytes and the peer each request went to, from nginx's own access log.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use e2e::http::{self, Response};
+use e2e::{free_port, temp_dir, unpack_bundle, Nginx, Strategy};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: bundles and configurations
+// ---------------------------------------------------------------------------------------------
+
+fn bundle(strategy: Strategy) -> (tempfile::TempDir, PathBuf) {
+    let dir = temp_dir(&format!("vts-{}", strategy.name()));
+    let root = unpack_bundle(strategy, dir.path());
+    (dir, root)
+}
+
+/// A complete nginx.conf with two workers around the given `http {}` body.
+fn conf(http_body: &str) -> String {
+    format!(
+        r#"worker_processes 2;
+error_log logs/error.log info;
+pid logs/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    lua_package_path "$prefix/lualib/?.lua;$prefix/lualib/?/init.lua;;";
+{http_body}
+}}
+"#
+    )
+}
+
+/// A server on `port` that answers like an application: `/code/NNN` with status NNN.
+/// Not counted itself (`vhost_traffic_status off`).
+fn backend(port: u16) -> String {
+    format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port};
+        server_name backend{port};
+        vhost_traffic_status off;
+        access_log off;
+        location / {{ return 200 "backend {port}\n"; }}
+        location = /code/302 {{ return 302 /elsewhere; }}
+        location = /code/404 {{ return 404; }}
+        location = /code/503 {{ return 503; }}
+    }}"#
+    )
+}
+
+fn get_host(port: u16, host: &str, path: &str) -> Response {
+    http::request(port, "GET", path, &[("Host", host)])
+}
+
+/// Runs every `(host, path)` of `plan` against `port` from `threads` client threads; returns
+/// the status codes in plan order.
+fn run_plan(port: u16, plan: &[(&str, &str)], threads: usize) -> Vec<u16> {
+    let next = AtomicUsize::new(0);
+    let statuses: Vec<AtomicUsize> = plan.iter().map(|_| AtomicUsize::new(0)).collect();
+    std::thread::scope(|s| {
+        for _ in 0..threads {
+            s.spawn(|| loop {
+                let i = next.fetch_add(1, Ordering::SeqCst);
+                let Some(&(host, path)) = plan.get(i) else { break };
+                let r = get_host(port, host, path);
+                statuses[i].store(r.status as usize, Ordering::SeqCst);
+            });
+        }
+    });
+    statuses.iter().map(|s| s.load(Ordering::SeqCst) as u16).collect()
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: a strict Prometheus text parser
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct Sample {
+    name: String,
+    labels: Vec<(String, String)>,
+    value: f64,
+}
+
+#[derive(Debug)]
+struct Exposition {
+    /// Family names in the order of their `# TYPE` lines, with the type.
+    families: Vec<(String, String)>,
+    samples: Vec<Sample>,
+}
+
+impl Exposition {
+    /// The value of the series `name{labels}` (labels compared as a set).
+    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
+        let want: BTreeSet<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples
+            .iter()
+            .find(|s| s.name == name && s.labels.iter().cloned().collect::<BTreeSet<_>>() == want)
+            .map(|s| s.value)
+    }
+
+    fn int(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
+        let v = self.value(name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?}"));
+        assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v} is not a count");
+        v as u64
+    }
+
+    /// Distinct values of `label` among the samples of `name`.
+    fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
+        self.samples
+            .iter()
+            .filter(|s| s.name == name)
+            .filter_map(|s| s.labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone()))
+            .collect()
+    }
+}
+
+/// Parses the text exposition format, failing on anything a scraper would reject: a sample
+/// outside its family's `# HELP`/`# TYPE` block, a family declared twice, a duplicate series,
+/// a bad label escape or value.
+fn parse_prometheus(text: &str) -> Exposition {
+    let mut families: Vec<(String, String)> = Vec::new();
+    let mut helps: BTreeSet<String> = BTreeSet::new();
+    let mut samples = Vec::new();
+    let mut seen: BTreeSet<String> = BTreeSet::new();
+    let mut current: Option<String> = None;
+    assert!(text.ends_with('\n'), "the exposition ends with a newline");
+    for line in text.lines() {
+        if let Some(rest) = line.strip_prefix("# HELP ") {
+            let name = rest.split(' ').next().unwrap().to_string();
+            assert!(helps.insert(name.clone()), "HELP for {name} twice");
+            current = Some(name);
+            continue;
+        }
+        if let Some(rest) = line.strip_prefix("# TYPE ") {
+            let mut it = rest.split(' ');
+            let name = it.next().unwrap().to_string();
+            let kind = it.next().expect("TYPE has a type").to_string();
+            assert!(["counter", "gauge"].contains(&kind.as_str()), "type {kind}");
+            assert!(helps.contains(&name), "TYPE {name} without HELP before it");
+            assert_eq!(current.as_deref(), Some(name.as_str()), "HELP and TYPE of {name} are adjacent");
+            assert!(!families.iter().any(|(n, _)| *n == name), "family {name} declared twice");
+            families.push((name, kind));
+            continue;
+        }
+        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let (name, labels) = match series.split_once('{') {
+            None => (series.to_string(), Vec::new()),
+            Some((name, rest)) => (name.to_string(), parse_labels(rest.strip_suffix('}').expect("labels end with }"), line)),
+        };
+        assert!(
+            name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !name.is_empty(),
+            "bad metric name in {line:?}"
+        );
+        assert_eq!(
+            families.last().map(|(n, _)| n.as_str()),
+            Some(name.as_str()),
+            "sample {line:?} is not inside its family's block"
+        );
+        assert!(seen.insert(series.to_string()), "duplicate series {series}");
+        samples.push(Sample { name, labels, value });
+    }
+    Exposition { families, samples }
+}
+
+fn parse_labels(text: &str, line: &str) -> Vec<(String, String)> {
+    let mut labels = Vec::new();
+    let mut chars = text.chars().peekable();
+    while chars.peek().is_some() {
+        let mut key = String::new();
+        for c in chars.by_ref() {
+            if c == '=' {
+                break;
+            }
+            key.push(c);
+        }
+        assert_eq!(chars.next(), Some('"'), "label value is quoted in {line:?}");
+        let mut value = String::new();
+        loop {
+            match chars.next().unwrap_or_else(|| panic!("unterminated label value in {line:?}")) {
+                '"' => break,
+                '\\' => match chars.next() {
+                    Some('\\') => value.push('\\'),
+                    Some('"') => value.push('"'),
+                    Some('n') => value.push('\n'),
+                    other => panic!("bad escape {other:?} in {line:?}"),
+                },
+                '\n' => panic!("raw newline in {line:?}"),
+                c => value.push(c),
+            }
+        }
+        assert!(labels.iter().all(|(k, _)| *k != key), "label {key} twice in {line:?}");
+        labels.push((key, value));
+        match chars.next() {
+            None => break,
+            Some(',') => {}
+            other => panic!("unexpected {other:?} after a label in {line:?}"),
+        }
+    }
+    labels
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: a strict JSON parser (the e2e crate has no JSON dependency)
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Json {
+    Null,
+    Bool(bool),
+    Num(f64),
+    Str(String),
+    Arr(Vec<Json>),
+    /// Keys in document order; duplicates are rejected while parsing.
+    Obj(Vec<(String, Json)>),
+}
+
+impl Json {
+    fn parse(text: &str) -> Json {
+        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
+        let v = p.value();
+        p.ws();
+        assert_eq!(p.i, p.s.len(), "trailing data after the JSON document");
+        v
+    }
+
+    fn get(&self, key: &str) -> &Json {
+        self.try_get(key).unwrap_or_else(|| panic!("no key {key:?} in {self:?}"))
+    }
+
+    fn try_get(&self, key: &str) -> Option<&Json> {
+        match self {
+            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
+            _ => panic!("not an object: {self:?}"),
+        }
+    }
+
+    fn keys(&self) -> Vec<&str> {
+        match self {
+            Json::Obj(members) => members.iter().map(|(k, _)| k.as_str()).collect(),
+            _ => panic!("not an object: {self:?}"),
+        }
+    }
+
+    fn u64(&self) -> u64 {
+        match self {
+            Json::Num(n) if *n >= 0.0 && n.fract() == 0.0 => *n as u64,
+            _ => panic!("not a count: {self:?}"),
+        }
+    }
+
+    fn str(&self) -> &str {
+        match self {
+            Json::Str(s) => s,
+            _ => panic!("not a string: {self:?}"),
+        }
+    }
+
+    fn arr(&self) -> &[Json] {
+        match self {
+            Json::Arr(a) => a,
+            _ => panic!("not an array: {self:?}"),
+        }
+    }
+}
+
+struct JsonParser<'a> {
+    s: &'a [u8],
+    i: usize,
+}
+
+impl JsonParser<'_> {
+    fn ws(&mut self) {
+        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
+            self.i += 1;
+        }
+    }
+
+    fn peek(&self) -> u8 {
+        *self.s.get(self.i).unwrap_or_else(|| panic!("JSON ends early"))
+    }
+
+    fn eat(&mut self, lit: &str) {
+        assert!(self.s[self.i..].starts_with(lit.as_bytes()), "expected {lit:?} at byte {}", self.i);
+        self.i += lit.len();
+    }
+
+    fn value(&mut self) -> Json {
+        self.ws();
+        match self.peek() {
+            b'{' => {
+                self.i += 1;
+                let mut members: Vec<(String, Json)> = Vec::new();
+                self.ws();
+                if self.peek() == b'}' {
+                    self.i += 1;
+                    return Json::Obj(members);
+                }
+                loop {
+                    self.ws();
+                    let key = self.string();
+                    assert!(members.iter().all(|(k, _)| *k != key), "duplicate key {key:?}");
+                    self.ws();
+                    self.eat(":");
+                    let v = self.value();
+                    members.push((key, v));
+                    self.ws();
+                    match self.peek() {
+                        b',' => self.i += 1,
+                        b'}' => {
+                            self.i += 1;
+                            return Json::Obj(members);
+                        }
+                        c => panic!("unexpected {:?} in an object at byte {}", c as char, self.i),
+                    }
+                }
+            }
+            b'[' => {
+                self.i += 1;
+                let mut items = Vec::new();
+                self.ws();
+                if self.peek() == b']' {
+                    self.i += 1;
+                    return Json::Arr(items);
+                }
+                loop {
+                    items.push(self.value());
+                    self.ws();
+                    match self.peek() {
+                        b',' => self.i += 1,
+                        b']' => {
+                            self.i += 1;
+                            return Json::Arr(items);
+                        }
+                        c => panic!("unexpected {:?} in an array at byte {}", c as char, self.i),
+                    }
+                }
+            }
+            b'"' => Json::Str(self.string()),
+            b't' => {
+                self.eat("true");
+                Json::Bool(true)
+            }
+            b'f' => {
+                self.eat("false");
+                Json::Bool(false)
+            }
+            b'n' => {
+                self.eat("null");
+                Json::Null
+            }
+            _ => {
+                let start = self.i;
+                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
+                    self.i += 1;
+                }
+                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
+                Json::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text:?} at byte {start}")))
+            }
+        }
+    }
+
+    fn hex4(&mut self) -> u32 {
+        let text = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
+        self.i += 4;
+        u32::from_str_radix(text, 16).unwrap_or_else(|_| panic!("bad \\u escape {text:?}"))
+    }
+
+    fn string(&mut self) -> String {
+        self.eat("\"");
+        let mut out = Vec::new();
+        loop {
+            let c = self.peek();
+            self.i += 1;
+            match c {
+                b'"' => break,
+                b'\\' => {
+                    let e = self.peek();
+                    self.i += 1;
+                    match e {
+                        b'"' => out.push(b'"'),
+                        b'\\' => out.push(b'\\'),
+                        b'/' => out.push(b'/'),
+                        b'b' => out.push(8),
+                        b'f' => out.push(12),
+                        b'n' => out.push(b'\n'),
+                        b'r' => out.push(b'\r'),
+                        b't' => out.push(b'\t'),
+                        b'u' => {
+                            let mut cp = self.hex4();
+                            if (0xd800..0xdc00).contains(&cp) {
+                                self.eat("\\u");
+                                let lo = self.hex4();
+                                assert!((0xdc00..0xe000).contains(&lo), "lone surrogate");
+                                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
+                            }
+                            let ch = char::from_u32(cp).unwrap_or_else(|| panic!("bad code point {cp:x}"));
+                            out.extend_from_slice(ch.to_string().as_bytes());
+                        }
+                        _ => panic!("bad escape \\{}", e as char),
+                    }
+                }
+                c if c < 0x20 => panic!("raw control character {c} in a JSON string"),
+                c => out.push(c),
+            }
+        }
+        String::from_utf8(out).expect("JSON strings are UTF-8")
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Helpers: expectations from the access log
+// ---------------------------------------------------------------------------------------------
+
+const LOG_FORMAT: &str = r#"log_format vts_test '$server_name|$host|$status|$request_length|$bytes_sent|$upstream_addr|$upstream_status|$uri';"#;
+
+#[derive(Debug, Default, Clone, PartialEq, Eq)]
+struct Counts {
+    total: u64,
+    classes: [u64; 5],
+    bytes_in: u64,
+    bytes_out: u64,
+}
+
+impl Counts {
+    fn add(&mut self, status: u64, bytes_in: u64, bytes_out: u64) {
+        self.total += 1;
+        if (100..600).contains(&status) {
+            self.classes[(status / 100 - 1) as usize] += 1;
+        }
+        self.bytes_in += bytes_in;
+        self.bytes_out += bytes_out;
+    }
+}
+
+struct Expected {
+    servers: BTreeMap<String, Counts>,
+    upstreams: BTreeMap<(String, String), Counts>,
+}
+
+/// Reads `logs/vts_access.log` (format [`LOG_FORMAT`]); `key` maps `($server_name, $host)` to
+/// the server zone, `group` maps `$uri` to the upstream group.
+fn expected_from_log(prefix: &Path, key: impl Fn(&str, &str) -> String, group: impl Fn(&str) -> String) -> Expected {
+    let log = std::fs::read_to_string(prefix.join("logs/vts_access.log")).expect("read the access log");
+    let mut servers: BTreeMap<String, Counts> = BTreeMap::new();
+    let mut upstreams: BTreeMap<(String, String), Counts> = BTreeMap::new();
+    for line in log.lines() {
+        let f: Vec<&str> = line.split('|').collect();
+        assert_eq!(f.len(), 8, "log line {line:?}");
+        let (status, rlen, sent): (u64, u64, u64) = (f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
+        let zone = key(f[0], f[1]);
+        servers.entry(zone).or_default().add(status, rlen, sent);
+        servers.entry("*".into()).or_default().add(status, rlen, sent);
+        if f[5] != "-" {
+            assert!(!f[5].contains(','), "one upstream attempt per request in this plan: {line:?}");
+            let ustatus: u64 = f[6].parse().unwrap();
+            upstreams.entry((group(f[7]), f[5].to_string())).or_default().add(ustatus, rlen, sent);
+        }
+    }
+    Expected { servers, upstreams }
+}
+
+fn prom_server_counts(e: &Exposition, host: &str) -> Counts {
+    let code = |c: &str| e.int("nginx_vts_server_requests_total", &[("host", host), ("code", c)]);
+    Counts {
+        total: code("total"),
+        classes: [code("1xx"), code("2xx"), code("3xx"), code("4xx"), code("5xx")],
+        bytes_in: e.int("nginx_vts_server_bytes_total", &[("host", host), ("direction", "in")]),
+        bytes_out: e.int("nginx_vts_server_bytes_total", &[("host", host), ("direction", "out")]),
+    }
+}
+
+fn prom_upstream_counts(e: &Exposition, upstream: &str, backend: &str) -> Counts {
+    let l = |extra: (&'static str, &'static str)| [("upstream", upstream), ("backend", backend), extra];
+    let code = |c: &'static str| e.int("nginx_vts_upstream_requests_total", &l(("code", c)));
+    Counts {
+        total: code("total"),
+        classes: [code("1xx"), code("2xx"), code("3xx"), code("4xx"), code("5xx")],
+        bytes_in: e.int("nginx_vts_upstream_bytes_total", &l(("direction", "in"))),
+        bytes_out: e.int("nginx_vts_upstream_bytes_total", &l(("direction", "out"))),
+    }
+}
+
+fn json_counts(zone: &Json) -> Counts {
+    let r = zone.get("responses");
+    Counts {
+        total: zone.get("requestCounter").u64(),
+        classes: [r.get("1xx").u64(), r.get("2xx").u64(), r.get("3xx").u64(), r.get("4xx").u64(), r.get("5xx").u64()],
+        bytes_in: zone.get("inBytes").u64(),
+        bytes_out: zone.get("outBytes").u64(),
+    }
+}
+
+const PROM_FAMILIES: [(&str, &str); 14] = [
+    ("nginx_vts_info", "gauge"),
+    ("nginx_vts_start_time_seconds", "gauge"),
+    ("nginx_vts_main_connections", "gauge"),
+    ("nginx_vts_main_shm_usage_bytes", "gauge"),
+    ("nginx_vts_server_bytes_total", "counter"),
+    ("nginx_vts_server_requests_total", "counter"),
+    ("nginx_vts_server_request_seconds_total", "counter"),
+    ("nginx_vts_server_request_seconds", "gauge"),
+    ("nginx_vts_upstream_bytes_total", "counter"),
+    ("nginx_vts_upstream_requests_total", "counter"),
+    ("nginx_vts_upstream_request_seconds_total", "counter"),
+    ("nginx_vts_upstream_request_seconds", "gauge"),
+    ("nginx_vts_upstream_response_seconds_total", "counter"),
+    ("nginx_vts_upstream_response_seconds", "gauge"),
+];
+
+// ---------------------------------------------------------------------------------------------
+// The tests
+// ---------------------------------------------------------------------------------------------
+
+/// Server zones (first server_name, Host with filter_by_host, the `*` sum), upstream zones per
+/// group and peer, `::nogroups`, 1xx..5xx, bytes: exact in both Prometheus and JSON after
+/// concurrent load on two workers.
+#[test]
+fn counts_servers_upstreams_and_status_classes_exactly() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port) = (free_port(), free_port());
+        let (b1, b2, b3, b4) = (free_port(), free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    {LOG_FORMAT}
+    access_log logs/vts_access.log vts_test;
+    vhost_traffic_status_zone shared:vts_e2e:1m;
+
+    upstream foo {{
+        server 127.0.0.1:{b1};
+        server 127.0.0.1:{b2} weight=3 max_fails=2 fail_timeout=7s;
+    }}
+    upstream bar {{
+        server 127.0.0.1:{b3};
+        server 127.0.0.1:{b4} backup;
+    }}
+    {backends}
+
+    server {{
+        listen 127.0.0.1:{port};
+        server_name a.test b.test;
+        location /foo/ {{ proxy_pass http://foo/; }}
+        location /bar/ {{ proxy_pass http://bar/; }}
+        location /direct/ {{ proxy_pass http://127.0.0.1:{b3}/; }}
+        location = /local {{ return 204; }}
+        location = /off {{ vhost_traffic_status off; return 200 "not counted\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name c.test;
+        location / {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name d.test *.d.test;
+        vhost_traffic_status_filter_by_host on;
+        location / {{ return 200 "d\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        access_log off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#,
+            backends = [b1, b2, b3].map(backend).join("")
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1, b2, b3]);
+
+        let mut plan: Vec<(&str, &str)> = Vec::new();
+        for _ in 0..5 {
+            plan.extend([("a.test", "/foo/x"); 8]);
+            plan.extend([("a.test", "/foo/code/404"); 2]);
+            plan.extend([("a.test", "/bar/code/503"); 3]);
+            plan.extend([("a.test", "/direct/code/302"); 2]);
+            plan.extend([("a.test", "/local"); 3]);
+            plan.extend([("b.test", "/local"); 2]);
+            plan.extend([("unknown.test", "/local"); 1]); // default server: a.test
+            plan.extend([("a.test", "/off"); 2]);
+            plan.extend([("c.test", "/x"); 4]);
+            plan.extend([("x1.d.test", "/"); 3]);
+            plan.extend([("x2.d.test", "/"); 2]);
+            plan.extend([("d.test", "/"); 1]);
+        }
+        let statuses = run_plan(port, &plan, 6);
+        for (&(host, path), &status) in plan.iter().zip(&statuses) {
+            let want = match path {
+                "/foo/code/404" | "/x" => 404,
+                "/bar/code/503" => 503,
+                "/direct/code/302" => 302,
+                "/local" => 204,
+                _ => 200,
+            };
+            assert_eq!(status, want, "{host} {path}");
+        }
+
+        let prom = http::get(status_port, "/status/format/prometheus");
+        assert_eq!(prom.status, 200);
+        assert_eq!(prom.header("Content-Type"), Some("text/plain"));
+        let e = parse_prometheus(&prom.body);
+        let families: Vec<(&str, &str)> = e.families.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
+        assert_eq!(families, PROM_FAMILIES, "metric families and their order");
+
+        let json_resp = http::get(status_port, "/status/format/json");
+        assert_eq!(json_resp.status, 200);
+        assert_eq!(json_resp.header("Content-Type"), Some("application/json"));
+        let j = Json::parse(&json_resp.body);
+
+        // the plan, from the access log: zone keys as the module should build them
+        let exp = expected_from_log(
+            &root,
+            |server_name, host| if server_name == "d.test" { host.to_string() } else { server_name.to_string() },
+            |uri| {
+                if uri.starts_with("/foo/") {
+                    "foo".into()
+                } else if uri.starts_with("/bar/") {
+                    "bar".into()
+                } else {
+                    "::nogroups".into()
+                }
+            },
+        );
+        let planned = |host: &str| exp.servers.get(host).map(|c| c.total).unwrap_or(0);
+        assert_eq!(planned("a.test"), 5 * (8 + 2 + 3 + 2 + 3 + 2 + 1 + 2), "access log holds the plan");
+        assert_eq!(planned("c.test"), 20);
+        assert_eq!((planned("x1.d.test"), planned("x2.d.test"), planned("d.test")), (15, 10, 5));
+
+        // /off requests are in the access log but must not be counted
+        let mut exp_servers = exp.servers.clone();
+        let off = 5 * 2;
+        for zone in ["a.test", "*"] {
+            let c = exp_servers.get_mut(zone).unwrap();
+            c.total -= off;
+            c.classes[1] -= off;
+        }
+        // bytes of the /off requests: recompute from the log without them
+        let log = std::fs::read_to_string(root.join("logs/vts_access.log")).unwrap();
+        let (mut off_in, mut off_out) = (0u64, 0u64);
+        for line in log.lines().filter(|l| l.ends_with("|/off")) {
+            let f: Vec<&str> = line.split('|').collect();
+            off_in += f[3].parse::<u64>().unwrap();
+            off_out += f[4].parse::<u64>().unwrap();
+        }
+        for zone in ["a.test", "*"] {
+            let c = exp_servers.get_mut(zone).unwrap();
+            c.bytes_in -= off_in;
+            c.bytes_out -= off_out;
+        }
+
+        // server zones, Prometheus and JSON
+        let prom_hosts = e.label_values("nginx_vts_server_requests_total", "host");
+        let exp_hosts: BTreeSet<String> = exp_servers.keys().cloned().collect();
+        assert_eq!(prom_hosts, exp_hosts, "server zones in Prometheus");
+        let json_hosts: BTreeSet<String> = j.get("serverZones").keys().into_iter().map(String::from).collect();
+        assert_eq!(json_hosts, exp_hosts, "server zones in JSON");
+        for (host, want) in &exp_servers {
+            assert_eq!(&prom_server_counts(&e, host), want, "Prometheus server zone {host}");
+            assert_eq!(&json_counts(j.get("serverZones").get(host)), want, "JSON server zone {host}");
+        }
+        // the sum zone comes after the server zones
+        let order: Vec<String> = e
+            .samples
+            .iter()
+            .filter(|s| s.name == "nginx_vts_server_requests_total")
+            .map(|s| s.labels[0].1.clone())
+            .collect();
+        assert_eq!(order.last().map(String::as_str), Some("*"));
+        assert_eq!(j.get("serverZones").keys().last().copied(), Some("*"));
+
+        // upstream zones
+        let foo_total: u64 = exp.upstreams.iter().filter(|((g, _), _)| g == "foo").map(|(_, c)| c.total).sum();
+        assert_eq!(foo_total, 5 * 10);
+        assert_eq!(exp.upstreams.iter().filter(|((g, _), _)| g == "foo").count(), 2, "both foo peers were used");
+        assert_eq!(exp.upstreams[&("bar".to_string(), format!("127.0.0.1:{b3}"))].total, 15);
+        assert_eq!(exp.upstreams[&("::nogroups".to_string(), format!("127.0.0.1:{b3}"))].total, 10);
+        let prom_peers: BTreeSet<(String, String)> = e
+            .samples
+            .iter()
+            .filter(|s| s.name == "nginx_vts_upstream_requests_total")
+            .map(|s| (s.labels[0].1.clone(), s.labels[1].1.clone()))
+            .collect();
+        assert_eq!(prom_peers, exp.upstreams.keys().cloned().collect(), "upstream zones in Prometheus");
+        let uz = j.get("upstreamZones");
+        let mut json_peers = BTreeSet::new();
+        for group in uz.keys() {
+            for peer in uz.get(group).arr() {
+                let server = peer.get("server").str().to_string();
+                let want = &exp.upstreams[&(group.to_string(), server.clone())];
+                assert_eq!(&json_counts(peer), want, "JSON upstream {group} {server}");
+                for key in ["requestMsec", "responseMsec", "weight", "maxFails", "failTimeout"] {
+                    peer.get(key).u64();
+                }
+                for key in ["backup", "down"] {
+                    assert!(matches!(peer.get(key), Json::Bool(_)), "{key} is a boolean");
+                }
+                json_peers.insert((group.to_string(), server));
+            }
+        }
+        assert_eq!(json_peers, exp.upstreams.keys().cloned().collect(), "upstream zones in JSON");
+        for ((group, backend), want) in &exp.upstreams {
+            assert_eq!(&prom_upstream_counts(&e, group, backend), want, "Prometheus upstream {group} {backend}");
+        }
+        let peer = |group: &str, port: u16| {
+            uz.get(group).arr().iter().find(|p| p.get("server").str() == format!("127.0.0.1:{port}")).unwrap().clone()
+        };
+        let p2 = peer("foo", b2);
+        assert_eq!((p2.get("weight").u64(), p2.get("maxFails").u64(), p2.get("failTimeout").u64()), (3, 2, 7));
+        let p1 = peer("foo", b1);
+        assert_eq!((p1.get("weight").u64(), p1.get("maxFails").u64(), p1.get("failTimeout").u64()), (1, 1, 10));
+        assert_eq!(p1.get("backup"), &Json::Bool(false));
+
+        // times: sums and averages are consistent and non-negative
+        for host in exp_servers.keys() {
+            let sum = e.value("nginx_vts_server_request_seconds_total", &[("host", host)]).unwrap();
+            let avg = e.value("nginx_vts_server_request_seconds", &[("host", host)]).unwrap();
+            let n = exp_servers[host].total as f64;
+            assert!(sum >= 0.0 && avg >= 0.0 && (avg - sum / n).abs() < 0.002, "{host}: sum {sum} avg {avg} n {n}");
+            let z = j.get("serverZones").get(host);
+            assert_eq!(z.get("requestMsec").u64(), z.get("requestMsecCounter").u64() / exp_servers[host].total);
+        }
+        for (group, backend) in exp.upstreams.keys() {
+            let l = [("upstream", group.as_str()), ("backend", backend.as_str())];
+            let req = e.value("nginx_vts_upstream_request_seconds_total", &l).unwrap();
+            let resp = e.value("nginx_vts_upstream_response_seconds_total", &l).unwrap();
+            assert!(req >= 0.0 && resp >= 0.0, "{group} {backend}");
+            e.value("nginx_vts_upstream_request_seconds", &l).unwrap();
+            e.value("nginx_vts_upstream_response_seconds", &l).unwrap();
+        }
+
+        // main section
+        let info = e.samples.iter().find(|s| s.name == "nginx_vts_info").unwrap();
+        assert_eq!(info.value, 1.0);
+        assert!(info.labels.iter().any(|(k, v)| k == "version" && v == "1.22.1"), "{info:?}");
+        assert!(e.value("nginx_vts_start_time_seconds", &[]).unwrap() > 1.6e9);
+        for s in ["accepted", "active", "handled", "reading", "requests", "waiting", "writing"] {
+            e.value("nginx_vts_main_connections", &[("status", s)]).unwrap_or_else(|| panic!("connections {s}"));
+        }
+        assert!(e.int("nginx_vts_main_connections", &[("status", "accepted")]) >= plan.len() as u64);
+        assert!(e.int("nginx_vts_main_connections", &[("status", "active")]) >= 1, "stub_status counters are compiled in");
+        assert_eq!(e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "max_size")]), 1024 * 1024);
+        assert_eq!(
+            e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "used_node")]),
+            (exp_servers.len() + exp.upstreams.len()) as u64
+        );
+        for key in ["hostName", "moduleVersion", "nginxVersion", "loadMsec", "nowMsec", "connections", "sharedZones", "serverZones", "upstreamZones"] {
+            j.get(key);
+        }
+        assert_eq!(j.get("nginxVersion").str(), "1.22.1");
+        assert_eq!(j.get("sharedZones").get("name").str(), "vts_e2e");
+        assert!(j.get("connections").get("accepted").u64() >= plan.len() as u64);
+
+        assert!(!nginx.error_log().contains("[alert]") && !nginx.error_log().contains("[crit]"), "{}", nginx.error_log());
+        nginx.quit();
+    }
+}
+
+/// GET and HEAD only; format from the `/format/...` suffix over the directive; content types;
+/// 501 without a zone; configuration errors.
+#[test]
+fn serving_rules_formats_and_directive_errors() {
+    let (_dir, root) = bundle(Strategy::ALL[0]);
+    let port = free_port();
+    let body = format!(
+        r#"
+    vhost_traffic_status_zone;
+    server {{
+        listen 127.0.0.1:{port};
+        location /status {{ vhost_traffic_status_display; }}
+        location /prom {{ vhost_traffic_status_display; vhost_traffic_status_display_format prometheus; }}
+        location /page {{ vhost_traffic_status_display; vhost_traffic_status_display_format html; }}
+    }}"#
+    );
+    let nginx = Nginx::start(&root, &conf(&body), &[port]);
+
+    let ct = |path: &str| {
+        let r = http::get(port, path);
+        assert_eq!(r.status, 200, "{path}");
+        assert!(!r.body.is_empty(), "{path}");
+        r.header("Content-Type").unwrap_or_default().to_string()
+    };
+    assert_eq!(ct("/status"), "application/json");
+    assert_eq!(ct("/prom"), "text/plain");
+    assert_eq!(ct("/page"), "text/html");
+    assert_eq!(ct("/status/format/prometheus"), "text/plain");
+    assert_eq!(ct("/status/format/html"), "text/html");
+    assert_eq!(ct("/prom/format/json"), "application/json");
+    assert_eq!(ct("/page/format/prometheus"), "text/plain");
+    assert_eq!(ct("/status/format/prometheus/more"), "text/plain", "the suffix may be anywhere in the URI");
+    assert!(http::get(port, "/page").body.contains("<html"));
+
+    let j = Json::parse(&http::get(port, "/status").body);
+    assert_eq!(j.get("sharedZones").get("name").str(), "vhost_traffic_status", "default zone name");
+    assert_eq!(j.get("sharedZones").get("maxSize").u64(), 1024 * 1024, "default zone size");
+
+    let head = http::request(port, "HEAD", "/status/format/prometheus", &[]);
+    assert_eq!(head.status, 200);
+    assert!(head.body.is_empty(), "HEAD has no body");
+    assert_eq!(head.header("Content-Type"), Some("text/plain"));
+    let len: usize = head.header("Content-Length").expect("HEAD has Content-Length").parse().unwrap();
+    assert!(len > 500, "Content-Length {len}");
+    let get = http::get(port, "/status/format/prometheus");
+    assert_eq!(get.header("Content-Length").unwrap().parse::<usize>().unwrap(), get.body.len());
+
+    for method in ["POST", "PUT", "DELETE"] {
+        assert_eq!(http::request(port, method, "/status", &[("Content-Length", "0")]).status, 405, "{method}");
+    }
+    nginx.quit();
+
+    // the display without any zone: 501
+    let body = format!(
+        r#"
+    server {{
+        listen 127.0.0.1:{port};
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#
+    );
+    let nginx = Nginx::start(&root, &conf(&body), &[port]);
+    assert_eq!(http::get(port, "/status").status, 501);
+    assert_eq!(http::request(port, "POST", "/status", &[("Content-Length", "0")]).status, 405);
+    nginx.quit();
+
+    // configuration errors
+    for (zone, message) in [
+        ("shared:x:abc", r#"invalid shared size "shared:x:abc""#),
+        ("shared:x:16k", r#"shared "shared:x:16k" is too small"#),
+        ("shared:x", r#"invalid shared size "shared:x""#),
+    ] {
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone {zone};
+    server {{ listen 127.0.0.1:{port}; }}"#
+        );
+        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
+            Ok(_) => panic!("nginx started with vhost_traffic_status_zone {zone}"),
+            Err(e) => e,
+        };
+        assert!(err.contains(message), "{zone}: expected {message:?} in:\n{err}");
+    }
+}
+
+/// The seed's setup: an internal `/status/format/prometheus` location captured from Lua and
+/// merged into `/metrics`. Subrequests are counted only with `log_subrequest on`.
+#[test]
+fn prometheus_output_merges_into_metrics_via_capture() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, metrics_port) = (free_port(), free_port());
+        let body = format!(
+            r##"
+    vhost_traffic_status_filter_by_host on;
+    vhost_traffic_status_zone shared:vhost_traffic_status:4m;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "app\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{metrics_port};
+        server_name metrics;
+        vhost_traffic_status_filter_by_host off;
+        location = /status/format/prometheus {{
+            internal;
+            vhost_traffic_status_display;
+            vhost_traffic_status_display_format prometheus;
+        }}
+        location = /metrics {{
+            access_log off;
+            default_type text/plain;
+            content_by_lua_block {{
+                local chunks = {{}}
+                local vts_up = 0
+                local vts = ngx.location.capture("/status/format/prometheus")
+                if vts.status == ngx.HTTP_OK then
+                    vts_up = 1
+                    table.insert(chunks, vts.body)
+                else
+                    table.insert(chunks, "# vts metrics unavailable: status=" .. tostring(vts.status))
+                end
+                table.insert(chunks, "# HELP nginx_metrics_source_up Source availability for merged /metrics endpoint")
+                table.insert(chunks, "# TYPE nginx_metrics_source_up gauge")
+                table.insert(chunks, string.format("nginx_metrics_source_up{{source=\"vts\"}} %d", vts_up))
+                ngx.print(table.concat(chunks, "\n"), "\n")
+            }}
+        }}
+        location = /json {{
+            content_by_lua_block {{
+                local res = ngx.location.capture("/status/json")
+                ngx.header["X-Sub-Content-Type"] = res.header["Content-Type"]
+                ngx.print(res.body)
+            }}
+        }}
+        location = /status/json {{
+            internal;
+            vhost_traffic_status_display;
+        }}
+        location = /counted {{
+            content_by_lua_block {{
+                local res = ngx.location.capture("/sub")
+                ngx.print(res.body)
+            }}
+        }}
+        location = /sub {{ log_subrequest on; return 200 "sub\n"; }}
+    }}"##
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, metrics_port]);
+
+        for host in ["one.example", "two.example", "two.example"] {
+            assert_eq!(get_host(port, host, "/").status, 200);
+        }
+        assert_eq!(http::get(metrics_port, "/status/format/prometheus").status, 404, "the display location is internal");
+
+        let m = http::get(metrics_port, "/metrics");
+        assert_eq!(m.status, 200);
+        let e = parse_prometheus(&m.body.replace("\n\n", "\n"));
+        assert_eq!(e.value("nginx_metrics_source_up", &[("source", "vts")]), Some(1.0), "{}", m.body);
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "one.example"), ("code", "total")]), 1);
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "two.example"), ("code", "2xx")]), 2);
+
+        let j = http::get(metrics_port, "/json");
+        assert_eq!(j.status, 200);
+        assert_eq!(j.header("X-Sub-Content-Type"), Some("application/json"));
+        let j = Json::parse(&j.body);
+        // /metrics and the 404 above were counted for "metrics"; the capture subrequests not
+        assert_eq!(j.get("serverZones").get("metrics").get("requestCounter").u64(), 2);
+
+        for _ in 0..3 {
+            assert_eq!(http::get(metrics_port, "/counted").body, "sub\n");
+        }
+        let j = Json::parse(&http::get(metrics_port, "/json").body);
+        // + /json once, + 3 × (/counted and its logged /sub)
+        assert_eq!(j.get("serverZones").get("metrics").get("requestCounter").u64(), 2 + 1 + 3 * 2);
+        nginx.quit();
+    }
+}
+
+/// Label values and JSON keys built from Host headers are escaped; invalid UTF-8 does not
+/// break either format.
+#[test]
+fn hosts_are_escaped_in_both_formats() {
+    let (_dir, root) = bundle(Strategy::ALL[0]);
+    let (port, status_port) = (free_port(), free_port());
+    let body = format!(
+        r#"
+    vhost_traffic_status_zone;
+    vhost_traffic_status_filter_by_host on;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#
+    );
+    let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+    let hosts = [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "MiXeD.Example"];
+    for host in hosts {
+        assert_eq!(get_host(port, host, "/").status, 200, "{host}");
+    }
+    let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+    for host in [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "mixed.example"] {
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", host), ("code", "2xx")]), 1, "{host}");
+        assert_eq!(j.get("serverZones").get(host).get("requestCounter").u64(), 1, "{host}");
+    }
+    nginx.quit();
+}
+
+/// A zone too small for all keys: every request is still served, the sum zone keeps counting,
+/// the error is logged at most once per worker, and the status page keeps working. The
+/// counters also survive a reload.
+#[test]
+fn full_zone_keeps_serving_and_counters_survive_reload() {
+    let (_dir, root) = bundle(Strategy::ALL[0]);
+    let (port, status_port) = (free_port(), free_port());
+    let body = format!(
+        r#"
+    vhost_traffic_status_zone shared:small:32k;
+    vhost_traffic_status_filter_by_host on;
+    server {{
+        listen 127.0.0.1:{port};
+        location / {{ return 200 "ok\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#
+    );
+    let mut nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+    let hosts: Vec<String> = (0..400).map(|i| format!("host{i:04}.example")).collect();
+    let plan: Vec<(&str, &str)> = hosts.iter().map(|h| (h.as_str(), "/")).collect();
+    let statuses = run_plan(port, &plan, 6);
+    assert!(statuses.iter().all(|&s| s == 200), "every request is served: {statuses:?}");
+
+    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+    let zones = j.get("serverZones");
+    assert_eq!(zones.get("*").get("requestCounter").u64(), 400, "the sum zone counts everything");
+    let kept = zones.keys().len() - 1;
+    assert!(kept > 10 && kept < 400, "the zone filled up after {kept} hosts");
+    assert_eq!(j.get("sharedZones").get("usedNode").u64(), kept as u64 + 1);
+    let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+    assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "*"), ("code", "total")]), 400);
+
+    let log = nginx.error_log();
+    let full = log.lines().filter(|l| l.contains("[error]") && l.contains("is full")).count();
+    assert!((1..=2).contains(&full), "logged once per worker, got {full}:\n{log}");
+    assert!(!log.contains("[crit]") && !log.contains("[alert]") && !log.contains("exited on signal"), "{log}");
+
+    // a reload with the same zone keeps the counters
+    nginx.reload(&conf(&body));
+    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+    assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 400);
+    assert_eq!(get_host(port, "host0000.example", "/").status, 200);
+    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+    assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 401);
+    nginx.quit();
+}
