@@ -3,8 +3,10 @@
 //! Every test starts the real static nginx from an unpacked release bundle in a fresh
 //! temporary directory and talks to it over 127.0.0.1 only.
 
+pub mod backend;
 pub mod http;
 pub mod nginx;
+pub mod tls;
 
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
@@ -36,6 +38,25 @@ pub fn dist() -> &'static pipeline::dist::Dist {
     DIST.get_or_init(|| {
         let project = pipeline::Project::from_checkout().expect("open the project");
         pipeline::dist::build(&project, &pipeline::dist::Options::default()).unwrap_or_else(|e| panic!("cargo xtask dist failed:\n{e}"))
+    })
+}
+
+/// The pinned toolchain and LuaJIT, built (or found in the store) once per process.
+pub struct Toolchain {
+    pub project: pipeline::Project,
+    pub sources: pipeline::Sources,
+    pub toolchain: repro::Artifact,
+    pub luajit: repro::Artifact,
+}
+
+pub fn toolchain() -> &'static Toolchain {
+    static TOOLCHAIN: OnceLock<Toolchain> = OnceLock::new();
+    TOOLCHAIN.get_or_init(|| {
+        let project = pipeline::Project::from_checkout().expect("open the project");
+        let sources = project.sources(false).unwrap_or_else(|e| panic!("{e}"));
+        let toolchain = pipeline::toolchain::build(&project, &sources).unwrap_or_else(|e| panic!("{e}"));
+        let luajit = pipeline::luajit::build(&project, &sources, &toolchain).unwrap_or_else(|e| panic!("{e}"));
+        Toolchain { project, sources, toolchain, luajit }
     })
 }
 

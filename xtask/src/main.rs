@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build tasks. Parsing and dispatch only; the work lives
 //! in the `pipeline`, `repro` and `luabc` crates.
 
+mod bytecode;
 mod dist;
 mod pin;
 mod toolchain;
@@ -27,6 +28,8 @@ enum Task {
     Pin(pin::Args),
     /// Build the musl toolchain and LuaJIT into the store.
     Toolchain(toolchain::Args),
+    /// Compile Lua modules to LuaJIT bytecode objects with the pinned LuaJIT.
+    Bytecode(bytecode::Args),
 }
 
 fn main() -> ExitCode {
@@ -36,6 +39,7 @@ fn main() -> ExitCode {
         Task::Dist(args) => dist::run(args),
         Task::Pin(args) => pin::run(args),
         Task::Toolchain(args) => toolchain::run(args),
+        Task::Bytecode(args) => bytecode::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -107,6 +107,27 @@ fn requires(source: &str) -> Vec<(String, bool)> {
     out
 }
 
+/// Every module of a library directory.
+pub fn library_modules(dir: &Path) -> Result<Vec<Module>> {
+    let mut out = Vec::new();
+    for file in walk(dir)? {
+        if file.extension().is_some_and(|e| e == "lua") {
+            let relative = file.strip_prefix(dir).unwrap().to_path_buf();
+            let name = luabc::module_name_from_path(&relative).map_err(|e| Error::new(e.to_string()))?;
+            out.push(Module { name: name.as_str().to_owned(), file, relative });
+        }
+    }
+    Ok(out)
+}
+
+/// The object of one module inside a [`bytecode`] step's output.
+pub fn object_path(bytecode: &Artifact, symbol: &str) -> PathBuf {
+    bytecode.path.join(format!("lib{ARCHIVE}.luabc")).join(format!("{symbol}.o"))
+}
+
+/// The archive a [`bytecode`] step writes: `lib<ARCHIVE>.a`.
+pub const ARCHIVE: &str = "lua-modules";
+
 /// Names registered by the project's C modules with `ngx_http_lua_add_package_preload`.
 pub fn c_provided_modules(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
@@ -161,7 +182,7 @@ pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip:
         for (name, rel) in &names {
             b.module(name, build.join("lua").join(rel));
         }
-        b.try_compile("lua-modules").map_err(|e| Error::new(e.to_string()))?;
+        b.try_compile(ARCHIVE).map_err(|e| Error::new(e.to_string()))?;
         Ok(())
     })
 }

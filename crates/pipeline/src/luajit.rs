@@ -88,3 +88,26 @@ impl Layout {
         self.root.strip_prefix(base).ok().map(Path::to_path_buf)
     }
 }
+
+/// The same LuaJIT tree built for the host (glibc) as a static library, for Rust programs on
+/// the build machine such as `examples/embed-lua`; its bytecode format is the musl build's.
+pub fn build_host(project: &Project, sources: &Sources) -> Result<Artifact> {
+    let luajit = sources.get("luajit")?;
+    repro::Step::new("luajit-host")
+        .input("tools", project.tool_versions())
+        .source("luajit", luajit.path(), luajit.pin.tree)
+        .command(
+            "luajit",
+            [
+                "make".to_string(),
+                "amalg".into(),
+                "-j2".into(),
+                format!("PREFIX={PREFIX}"),
+                "BUILDMODE=static".into(),
+                format!("XCFLAGS={XCFLAGS}"),
+                "CFLAGS=-O2 -fPIC -ffile-prefix-map={build}=/build/luajit".into(),
+            ],
+        )
+        .command("luajit", ["make".to_string(), "install".into(), format!("PREFIX={PREFIX}"), "DESTDIR={out}".into()])
+        .run(&project.store)
+}

@@ -347,7 +347,12 @@ impl StepFailure {
     }
 }
 
-/// Copies a tree preserving the executable bit and symlinks; times are not kept.
+/// When every copied file was last modified. One time for all files means `make` finds
+/// every generated file (configure, aclocal.m4, ...) up to date, whatever order an archive
+/// unpacked them in, and nothing varies from one build to the next.
+const COPY_MTIME_SECS: u64 = 1_000_000_000;
+
+/// Copies a tree preserving the executable bit and symlinks; every file gets the same time.
 pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     fs::create_dir_all(dst).context(|| format!("cannot create {}", dst.display()))?;
     for entry in fs::read_dir(src).context(|| format!("cannot list {}", src.display()))? {
@@ -362,6 +367,12 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
             copy_tree(&from, &to)?;
         } else {
             fs::copy(&from, &to).context(|| format!("cannot copy {}", from.display()))?;
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(COPY_MTIME_SECS);
+            fs::File::options()
+                .write(true)
+                .open(&to)
+                .and_then(|f| f.set_modified(time))
+                .context(|| format!("cannot set the time of {}", to.display()))?;
         }
     }
     Ok(())
