@@ -1,6 +1,7 @@
 //! `cargo xtask <task>`: the project's build tasks. Parsing and dispatch only; the work lives
 //! in the `pipeline`, `repro` and `luabc` crates.
 
+mod bench;
 mod bytecode;
 mod dist;
 mod pin;
@@ -30,6 +31,8 @@ enum Task {
     Toolchain(toolchain::Args),
     /// Compile Lua modules to LuaJIT bytecode objects with the pinned LuaJIT.
     Bytecode(bytecode::Args),
+    /// Time cold, no-op and one-.lua-changed dist runs; print binary sizes.
+    Bench(bench::Args),
 }
 
 fn main() -> ExitCode {
@@ -40,6 +43,7 @@ fn main() -> ExitCode {
         Task::Pin(args) => pin::run(args),
         Task::Toolchain(args) => toolchain::run(args),
         Task::Bytecode(args) => bytecode::run(args),
+        Task::Bench(args) => bench::run(args),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -25,7 +25,11 @@ impl Project {
     }
 
     pub fn at(root: PathBuf) -> Result<Project> {
-        let store_root = Store::default_root(STORE_ENV, "static-nginx");
+        Project::with_store(root, Store::default_root(STORE_ENV, "static-nginx"))
+    }
+
+    /// A checkout at `root` building into the store at `store_root`.
+    pub fn with_store(root: PathBuf, store_root: PathBuf) -> Result<Project> {
         let fetcher = Fetcher::new(store_root.join("../fetch"));
         Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default() })
     }

@@ -40,6 +40,8 @@ pub struct Artifact {
     pub log: PathBuf,
     /// `false` when the output was already in the store.
     pub built: bool,
+    /// Wall time of the build (zero when it came from the store).
+    pub seconds: f64,
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -221,16 +223,17 @@ impl Step {
         let entry = format!("{}-{key}", self.name);
         let path = store.root.join(&entry);
         let log = store.root.join(format!("{entry}.log"));
-        let artifact = |built| Artifact { name: self.name.clone(), key: key.clone(), path: path.clone(), log: log.clone(), built };
+        let artifact = |built, seconds| Artifact { name: self.name.clone(), key: key.clone(), path: path.clone(), log: log.clone(), built, seconds };
         if path.is_dir() {
-            return Ok(artifact(false));
+            return Ok(artifact(false, 0.0));
         }
         // One lock per key makes concurrent runs build a step once; one per name guards the
         // build directory, whose path must not depend on the key (it ends up in debug info).
         let _key_lock = FileLock::acquire(&store.root.join("locks").join(format!("{entry}.lock")))?;
         if path.is_dir() {
-            return Ok(artifact(false));
+            return Ok(artifact(false, 0.0));
         }
+        let started = std::time::Instant::now();
         let _dir_lock = FileLock::acquire(&store.root.join("locks").join(format!("{}.build.lock", self.name)))?;
         let build = store.root.join("build").join(&self.name);
         let staging = store.root.join("tmp").join(&entry);
@@ -254,7 +257,7 @@ impl Step {
         fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(&build);
-        Ok(artifact(true))
+        Ok(artifact(true, started.elapsed().as_secs_f64()))
     }
 
     fn execute(&self, build: &Path, out: &Path, log_path: &Path) -> Result<(), StepFailure> {
