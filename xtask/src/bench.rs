@@ -1,5 +1,4 @@
 use std::fs;
-use std::path::Path;
 use std::time::Instant;
 
 use pipeline::{dist, Project};
@@ -17,7 +16,7 @@ pub fn run(_: Args) -> Result<()> {
     let scratch = here.root.join("target/bench");
     let _ = fs::remove_dir_all(&scratch);
     let checkout = scratch.join("checkout");
-    copy_checkout(&here.root, &checkout)?;
+    here.copy_checkout(&checkout)?;
     let project = Project::with_store(checkout.clone(), scratch.join("store"))?;
     let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")) };
 
@@ -53,15 +52,4 @@ pub fn run(_: Args) -> Result<()> {
     }
     let _ = fs::remove_dir_all(scratch.join("store"));
     Ok(())
-}
-
-/// The tracked files of the checkout, plus the already verified vendor/ trees.
-fn copy_checkout(from: &Path, to: &Path) -> Result<()> {
-    let files = duct::cmd("git", ["ls-files", "-z"]).dir(from).read().map_err(|e| Error::with_source("git ls-files failed", e))?;
-    for rel in files.split('\0').filter(|f| !f.is_empty()) {
-        let dest = to.join(rel);
-        fs::create_dir_all(dest.parent().unwrap()).map_err(|e| Error::with_source(format!("cannot create {}", dest.display()), e))?;
-        fs::copy(from.join(rel), &dest).map_err(|e| Error::with_source(format!("cannot copy {rel}"), e))?;
-    }
-    repro::store::copy_tree(&from.join("vendor"), &to.join("vendor"))
 }

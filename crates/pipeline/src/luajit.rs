@@ -12,6 +12,8 @@ use crate::toolchain;
 /// default search path.
 const XCFLAGS: &str = "-DLUAJIT_ENABLE_LUA52COMPAT";
 pub const PREFIX: &str = "/usr/local";
+const DETERMINISTIC_XCFLAGS: &str =
+    " -DLUAJIT_TEST_FIXED_ORDER=1 -DLUAJIT_SECURITY_STRID=0 -DLUAJIT_SECURITY_STRHASH=0 -DLUAJIT_SECURITY_PRNG=0";
 
 pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
     let luajit = sources.get("luajit")?;
@@ -35,11 +37,11 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
         .source("luajit", luajit.path(), luajit.pin.tree)
         .command("luajit", make_vars("amalg", ""))
         .command("luajit", { let mut v = make_vars("install", ""); v.push("DESTDIR={out}".into()); v })
-        // The compiler for bytecode: the same tree and flags, but with the string hash seed
-        // fixed, or table constants are dumped in a different order every run. The runtime
-        // linked into nginx keeps its random seed.
+        // The compiler for bytecode: the same tree and flags, but with string hashing and
+        // interning fixed, or table constants are dumped in a different order every run. The
+        // runtime linked into nginx keeps its randomisation.
         .command("luajit", ["make", "clean"])
-        .command("luajit", make_vars("amalg", " -DLUAJIT_SECURITY_PRNG=0"))
+        .command("luajit", make_vars("amalg", DETERMINISTIC_XCFLAGS))
         .command("luajit", ["cp", "src/luajit", &format!("{{out}}{PREFIX}/bin/luajit-bytecode")])
         .run(&project.store)
 }

@@ -29,9 +29,18 @@ pub fn configure_args(project_modules: &[String]) -> Vec<String> {
         "--with-http_realip_module",
         "--with-http_stub_status_module",
         "--with-http_gzip_static_module",
+        // Workers run as nobody:nogroup when started as root (the group `nobody` is not
+        // universal; `nogroup` is Debian's and Alpine's).
+        "--user=nobody",
+        "--group=nogroup",
+        // In-tree PCRE would otherwise be built unoptimised and without UTF-8, and
+        // ngx.re.match(..., "u") would fail.
         "--with-pcre=../pcre",
         "--with-pcre-jit",
+        "--with-pcre-opt=-O2",
+        "--with-pcre-conf-opt=--enable-utf --enable-unicode-properties",
         "--with-zlib=../zlib",
+        "--with-zlib-opt=-O2",
         "--with-cc-opt=-O2 -fstack-protector-strong -I../openssl/usr/local/ssl/include",
         "--with-ld-opt=-L../openssl/usr/local/ssl/lib @../link/extra.args",
         "--add-module=../ngx_devel_kit",

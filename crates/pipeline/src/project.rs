@@ -60,6 +60,21 @@ impl Project {
         })
     }
 
+    /// Copies the tracked files and the verified vendor/ trees to `to`: a second checkout, for
+    /// benchmarks and reproducibility checks that must not touch this one.
+    pub fn copy_checkout(&self, to: &Path) -> Result<()> {
+        let files = duct::cmd("git", ["ls-files", "-z"])
+            .dir(&self.root)
+            .read()
+            .map_err(|e| repro::Error::with_source("git ls-files failed", e))?;
+        for rel in files.split('\0').filter(|f| !f.is_empty()) {
+            let dest = to.join(rel);
+            std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| repro::Error::with_source(format!("cannot create {}", dest.display()), e))?;
+            std::fs::copy(self.root.join(rel), &dest).map_err(|e| repro::Error::with_source(format!("cannot copy {rel}"), e))?;
+        }
+        repro::store::copy_tree(&self.vendor_dir(), &to.join("vendor"))
+    }
+
     /// Verifies (and unless `offline`, fetches) every pin.
     pub fn sources(&self, offline: bool) -> Result<Sources> {
         let pins = self.lockfile()?.pins()?;
