@@ -1,0 +1,772 @@
+//! Issue 4: `ngx.upstream` (modules/ngx_http_lua_upstream) and
+//! `resty.upstream.healthcheck` (lualib/resty/upstream/healthcheck.lua), tested on the real
+//! bundles of both strategies with 2 workers and backends on 127.0.0.1.
+//!
+//! Checkers here run every 500 ms with a 300 ms timeout, so a failing peer is turned down
+//! after `fall` failures within about `fall` × 0.5 s, and every worker applies it within one
+//! more interval.
+
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use e2e::backend::{Backend, Mode, TestCa};
+use e2e::{free_port, http, temp_dir, unpack_bundle, Nginx, Strategy};
+
+const INTERVAL_MS: u64 = 500;
+
+/// A Lua serializer with sorted keys, so tables compare as strings.
+const DUMP_LUA: &str = r#"
+    function dump(v)
+        local t = type(v)
+        if t == "table" then
+            local keys = {}
+            for k in pairs(v) do keys[#keys + 1] = k end
+            table.sort(keys, function(a, b) return tostring(a) < tostring(b) end)
+            local out, n = {}, #v
+            for _, k in ipairs(keys) do
+                if type(k) == "number" and k >= 1 and k <= n then
+                    out[#out + 1] = dump(v[k])
+                else
+                    out[#out + 1] = tostring(k) .. "=" .. dump(v[k])
+                end
+            end
+            return "{" .. table.concat(out, ",") .. "}"
+        elseif t == "string" then
+            return string.format("%q", v)
+        end
+        return tostring(v)
+    end
+"#;
+
+struct Running {
+    _dir: tempfile::TempDir,
+    nginx: Nginx,
+    port: u16,
+}
+
+fn conf(strategy: Strategy, port: u16, http_body: &str) -> String {
+    let path = match strategy {
+        Strategy::Lualib => pipeline::dist::LUA_PACKAGE_PATH,
+        Strategy::Embed => "",
+    };
+    // a location proxying to upstream foo, when the test defines one
+    let foo = if http_body.contains("upstream foo ") { "location /foo { proxy_pass http://foo; }" } else { "" };
+    format!(
+        r#"worker_processes 2;
+error_log logs/error.log info;
+pid logs/nginx.pid;
+events {{ worker_connections 256; }}
+http {{
+    access_log off;
+    {path}
+    init_by_lua_block {{ {DUMP_LUA} }}
+    {http_body}
+    server {{
+        # reuseport: the kernel spreads the test's connections over both workers
+        listen 127.0.0.1:{port} reuseport;
+        location = /t {{
+            content_by_lua_block {{
+                local f = assert(loadstring(ngx.unescape_uri(ngx.var.arg_c)))
+                local res = {{ pcall(f, require "ngx.upstream") }}
+                ngx.say(ngx.worker.id(), "|", dump(res[1]), "|", dump(res[2]), "|", dump(res[3]))
+            }}
+        }}
+        location = /status {{
+            default_type text/plain;
+            content_by_lua_block {{
+                ngx.print(require("resty.upstream.healthcheck").status_page())
+            }}
+        }}
+        location = /status-w {{
+            default_type text/plain;
+            content_by_lua_block {{
+                ngx.say("worker ", ngx.worker.id())
+                ngx.print(require("resty.upstream.healthcheck").status_page())
+            }}
+        }}
+        location = /metrics {{
+            default_type text/plain;
+            content_by_lua_block {{
+                local out, err = require("resty.upstream.healthcheck").prometheus_status_page()
+                ngx.print(out or ("ERROR " .. tostring(err)))
+            }}
+        }}
+        {foo}
+    }}
+}}
+"#
+    )
+}
+
+fn start(strategy: Strategy, label: &str, http_body: &str) -> Running {
+    let dir = temp_dir(&format!("issue4-{label}-{}", strategy.name()));
+    // Workers run as nobody when the tests run as root: the bundle must be readable.
+    set_mode(dir.path(), 0o755);
+    let prefix = unpack_bundle(strategy, dir.path());
+    let port = free_port();
+    let nginx = Nginx::start(&prefix, &conf(strategy, port, http_body), &[port]);
+    Running { _dir: dir, nginx, port }
+}
+
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
+fn percent_encode(s: &str) -> String {
+    let mut out = String::new();
+    for b in s.bytes() {
+        if b.is_ascii_alphanumeric() || b"-_.~".contains(&b) {
+            out.push(b as char);
+        } else {
+            out.push_str(&format!("%{b:02X}"));
+        }
+    }
+    out
+}
+
+/// Runs `code` (a Lua chunk receiving the ngx.upstream table as `...`) in a request of some
+/// worker: "WORKER_ID|pcall ok|first result|second result".
+fn lua(port: u16, code: &str) -> String {
+    let r = http::get(port, &format!("/t?c={}", percent_encode(code)));
+    assert_eq!(r.status, 200, "{}", r.body);
+    r.body.trim_end().to_owned()
+}
+
+/// Like [`lua`], without the worker id.
+fn lua_result(port: u16, code: &str) -> String {
+    let out = lua(port, code);
+    out.split_once('|').unwrap().1.to_owned()
+}
+
+/// Calls `f(worker_id, body)` on GETs of `path` until it has held for every one of the 2
+/// workers on their latest answer; returns the time taken, None after `limit`.
+fn until_all_workers(port: u16, path: &str, limit: Duration, f: impl Fn(&str) -> bool) -> Option<Duration> {
+    let started = Instant::now();
+    let mut ok = [false, false];
+    while started.elapsed() < limit {
+        let r = http::get(port, path);
+        let (first, rest) = r.body.split_once('\n').unwrap_or((&r.body, ""));
+        let id: usize = first.trim_start_matches("worker ").trim().parse().expect("worker id line");
+        ok[id] = f(rest);
+        if ok.iter().all(|&x| x) {
+            return Some(started.elapsed());
+        }
+        sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Waits for `needle` to appear in the error log after byte `from`; the time it took.
+fn wait_log(nginx: &Nginx, from: usize, needle: &str, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let log = nginx.error_log();
+        if log.get(from..).is_some_and(|l| l.contains(needle)) {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "no {needle:?} in the error log within {limit:?}:\n{}", &log[from.min(log.len())..]);
+        sleep(Duration::from_millis(20));
+    }
+}
+
+fn log_len(nginx: &Nginx) -> usize {
+    nginx.error_log().len()
+}
+
+fn checker(upstream: &str, extra: &str) -> String {
+    format!(
+        r#"do
+            local hc = require "resty.upstream.healthcheck"
+            local ok, err = hc.spawn_checker({{
+                shm = "healthcheck", upstream = "{upstream}", type = "http",
+                http_req = "GET /health HTTP/1.0\r\nHost: {upstream}\r\n\r\n",
+                interval = {INTERVAL_MS}, timeout = 300, fall = 2, rise = 2,
+                {extra}
+            }})
+            if not ok then ngx.log(ngx.ERR, "failed to spawn health checker: ", err) end
+        end
+        "#
+    )
+}
+
+fn assert_no_unexpected_errors(nginx: &Nginx) {
+    let log = nginx.error_log();
+    for bad in ["[emerg]", "[alert]", "[crit]", "failed to spawn health checker", "lua entry thread aborted", "runtime error"] {
+        assert!(!log.contains(bad), "{bad} in the error log:\n{log}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------
+// ngx.upstream
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn ngx_upstream_api() {
+    for strategy in Strategy::ALL {
+        ngx_upstream_api_on(strategy);
+    }
+}
+
+fn ngx_upstream_api_on(strategy: Strategy) {
+    let a = Backend::http("a");
+    let b = Backend::http("b");
+    let c = Backend::http("c");
+    let d = Backend::http("d");
+    let (pa, pb, pc, pd) = (a.port(), b.port(), c.port(), d.port());
+    let http_body = format!(
+        r#"
+    lua_shared_dict probe 1m;
+    upstream foo {{
+        server 127.0.0.1:{pa} weight=3 max_fails=2 fail_timeout=5s;
+        server localhost:{pb};
+        server 127.0.0.1:{pc} backup;
+        server 127.0.0.1:{pd} down;
+    }}
+    upstream bar {{
+        zone bar 64k;
+        server 127.0.0.1:{pa};
+        server 127.0.0.1:{pb};
+    }}
+    init_worker_by_lua_block {{
+        local up = require "ngx.upstream"
+        local d = ngx.shared.probe
+        d:set("init_worker", dump(up.get_upstreams()) .. " " .. dump({{ pcall(up.current_upstream_name) }}))
+        ngx.timer.at(0, function()
+            d:set("timer", #up.get_primary_peers("bar") .. " " .. dump({{ pcall(up.current_upstream_name) }}))
+        end)
+    }}
+"#
+    );
+    let port = free_port();
+    let extra_locations = format!(
+        r#"
+        location /implicit {{ proxy_pass http://127.0.0.1:{pa}; }}
+        location /bar {{
+            proxy_pass http://bar;
+            header_filter_by_lua_block {{
+                ngx.header["X-Upstream"] = require("ngx.upstream").current_upstream_name()
+            }}
+        }}
+"#
+    );
+    let dir = temp_dir(&format!("issue4-api-{}", strategy.name()));
+    set_mode(dir.path(), 0o755);
+    let prefix = unpack_bundle(strategy, dir.path());
+    let full = conf(strategy, port, &http_body).replace("        location /foo {", &format!("{extra_locations}        location /foo {{"));
+    assert!(full.contains("location /bar"));
+    let nginx = Nginx::start(&prefix, &full, &[port]);
+
+    // get_upstreams: configuration order, implicit upstreams as host:port
+    assert_eq!(lua_result(port, "local up = ... return up.get_upstreams()"), format!(r#"true|{{"foo","bar","127.0.0.1:{pa}"}}|nil"#));
+    assert_eq!(
+        lua_result(port, "local up = ... return up.get_upstreams(1)"),
+        "false|\"no argument expected\"|nil"
+    );
+
+    // get_servers
+    assert_eq!(
+        lua_result(port, r#"local up = ... return up.get_servers("foo")"#),
+        format!(
+            concat!(
+                r#"true|{{{{addr="127.0.0.1:{a}",fail_timeout=5,max_fails=2,name="127.0.0.1:{a}",weight=3}},"#,
+                r#"{{addr="127.0.0.1:{b}",fail_timeout=10,max_fails=1,name="localhost:{b}",weight=1}},"#,
+                r#"{{addr="127.0.0.1:{c}",backup=true,fail_timeout=10,max_fails=1,name="127.0.0.1:{c}",weight=1}},"#,
+                r#"{{addr="127.0.0.1:{d}",down=true,fail_timeout=10,max_fails=1,name="127.0.0.1:{d}",weight=1}}}}|nil"#
+            ),
+            a = pa,
+            b = pb,
+            c = pc,
+            d = pd
+        )
+    );
+    assert_eq!(lua_result(port, "local up = ... return up.get_servers()"), "false|\"exactly one argument expected\"|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_servers("nope")"#), "true|nil|\"upstream not found\"");
+    assert!(lua_result(port, &format!(r#"local up = ... return up.get_servers("127.0.0.1:{pa}")"#)).starts_with(&format!(r#"true|{{{{addr="127.0.0.1:{pa}""#)));
+
+    // get_primary_peers / get_backup_peers
+    let primary = lua_result(port, r#"local up = ... return up.get_primary_peers("foo")"#);
+    assert_eq!(
+        primary,
+        format!(
+            concat!(
+                r#"true|{{{{conns=0,current_weight=0,effective_weight=3,fail_timeout=5,fails=0,id=0,max_fails=2,name="127.0.0.1:{a}",weight=3}},"#,
+                r#"{{conns=0,current_weight=0,effective_weight=1,fail_timeout=10,fails=0,id=1,max_fails=1,name="127.0.0.1:{b}",weight=1}},"#,
+                r#"{{conns=0,current_weight=0,down=true,effective_weight=1,fail_timeout=10,fails=0,id=2,max_fails=1,name="127.0.0.1:{d}",weight=1}}}}|nil"#
+            ),
+            a = pa,
+            b = pb,
+            d = pd
+        )
+    );
+    assert_eq!(
+        lua_result(port, r#"local up = ... return up.get_backup_peers("foo")"#),
+        format!(r#"true|{{{{conns=0,current_weight=0,effective_weight=1,fail_timeout=10,fails=0,id=0,max_fails=1,name="127.0.0.1:{pc}",weight=1}}}}|nil"#)
+    );
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_backup_peers("bar")"#), "true|{}|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_primary_peers("nope")"#), "true|nil|\"upstream not found\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_backup_peers("nope")"#), "true|nil|\"upstream not found\"");
+
+    // set_peer_down errors
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, 0)"#), "false|\"exactly 4 arguments expected\"|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("nope", false, 0, true)"#), "true|nil|\"upstream not found\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, 3, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", true, 1, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, -1, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", true, 0, true)"#), "true|nil|\"no backup peers\"");
+
+    // current_upstream_name: nil before an upstream is chosen, the name once proxied
+    assert_eq!(lua_result(port, "local up = ... return up.current_upstream_name()"), "true|nil|nil");
+    let r = http::get(port, "/bar");
+    assert_eq!(r.status, 200);
+    assert_eq!(r.header("X-Upstream"), Some("bar"));
+    assert_eq!(http::get(port, "/implicit").status, 200);
+
+    // outside requests: init_worker and a timer
+    assert_eq!(
+        lua_result(port, r#"return ngx.shared.probe:get("init_worker")"#),
+        format!(r#"true|"{{\"foo\",\"bar\",\"127.0.0.1:{pa}\"}} {{true}}"|nil"#)
+    );
+    assert_eq!(lua_result(port, r#"return ngx.shared.probe:get("timer")"#), r#"true|"2 {true}"|nil"#);
+
+    // With a zone, set_peer_down in one worker is seen by both and steers traffic.
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", false, 0, true)"#), "true|true|nil");
+    let seen = workers_agree(port, r#"local up = ... return up.get_primary_peers("bar")[1].down"#, "true");
+    assert!(seen, "a zone peer set down in one worker is down in both");
+    let before = a.proxied();
+    for _ in 0..20 {
+        assert_eq!(http::get(port, "/bar").status, 200);
+    }
+    assert_eq!(a.proxied(), before, "no request reaches a peer that is down");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", false, 0, false)"#), "true|true|nil");
+    assert!(workers_agree(port, r#"local up = ... return up.get_primary_peers("bar")[1].down"#, "nil"));
+
+    // Without a zone, only the calling worker changes.
+    let out = lua(port, r#"local up = ... return up.set_peer_down("foo", false, 1, true)"#);
+    let changed = out.split('|').next().unwrap().to_owned();
+    let mut other_seen = false;
+    for _ in 0..200 {
+        let out = lua(port, r#"local up = ... return up.get_primary_peers("foo")[2].down"#);
+        let (id, rest) = out.split_once('|').unwrap();
+        if id == changed {
+            assert_eq!(rest, "true|true|nil");
+        } else {
+            assert_eq!(rest, "true|nil|nil", "without a zone the other worker keeps its own peers");
+            other_seen = true;
+            break;
+        }
+    }
+    assert!(other_seen, "both workers answered");
+    // bringing a peer up resets its fails
+    assert_eq!(lua_result(port, r#"local up = ... up.set_peer_down("bar", false, 1, false) return up.get_primary_peers("bar")[2].fails"#), "true|0|nil");
+
+    assert_no_unexpected_errors(&nginx);
+    drop((a, b, c, d));
+}
+
+/// True once both workers answered `code` with `expected` as its first result.
+fn workers_agree(port: u16, code: &str, expected: &str) -> bool {
+    let mut ok = [false, false];
+    for _ in 0..200 {
+        let out = lua(port, code);
+        let mut parts = out.split('|');
+        let id: usize = parts.next().unwrap().parse().unwrap();
+        let _pcall = parts.next();
+        ok[id] = parts.next() == Some(expected);
+        if ok.iter().all(|&x| x) {
+            return true;
+        }
+    }
+    false
+}
+
+// ---------------------------------------------------------------------------------------
+// resty.upstream.healthcheck
+// ---------------------------------------------------------------------------------------
+
+#[test]
+fn healthcheck_spawn_checker_validation() {
+    for strategy in Strategy::ALL {
+        let running = start(
+            strategy,
+            "validate",
+            "lua_shared_dict healthcheck 1m;\n    upstream foo { server 127.0.0.1:1; }\n",
+        );
+        let code = r#"
+            local hc = require "resty.upstream.healthcheck"
+            local R = "GET / HTTP/1.0\r\n\r\n"
+            local cases = {
+                { upstream = "foo", type = "http", http_req = R },
+                { shm = "nope", upstream = "foo", type = "http", http_req = R },
+                { shm = "healthcheck", type = "http", http_req = R },
+                { shm = "healthcheck", upstream = "nope", type = "http", http_req = R },
+                { shm = "healthcheck", upstream = "foo", http_req = R },
+                { shm = "healthcheck", upstream = "foo", type = "tcp", http_req = R },
+                { shm = "healthcheck", upstream = "foo", type = "http" },
+            }
+            local out = {}
+            for i, o in ipairs(cases) do
+                local ok, err = hc.spawn_checker(o)
+                out[i] = tostring(ok) .. ":" .. tostring(err)
+            end
+            return table.concat(out, "\n")
+        "#;
+        let out = lua_result(running.port, code);
+        let expected = [
+            r#"nil:"shm" option required"#,
+            r#"nil:shm "nope" not found"#,
+            "nil:no upstream specified",
+            "nil:failed to get primary peers: upstream not found",
+            r#"nil:"type" option required"#,
+            r#"nil:only "http" and "https" type are supported right now"#,
+            r#"nil:"http_req" option required"#,
+        ]
+        .join("\n");
+        let got: String = out.strip_prefix("true|").unwrap().strip_suffix("|nil").unwrap().to_owned();
+        // %q escapes newlines as "\<newline>" and quotes as \"
+        let got = got.trim_matches('"').replace("\\\n", "\n").replace("\\\"", "\"");
+        assert_eq!(got, expected, "{}", strategy.name());
+        running.nginx.quit();
+    }
+}
+
+#[test]
+fn healthcheck_fall_rise_failure_modes_and_backup() {
+    for strategy in Strategy::ALL {
+        fall_rise_on(strategy);
+    }
+}
+
+fn fall_rise_on(strategy: Strategy) {
+    let a = Backend::http("a");
+    let b = Backend::http("b");
+    let c = Backend::http("c");
+    let (pa, pb, pc) = (a.port(), b.port(), c.port());
+    let http_body = format!(
+        r#"
+    lua_shared_dict healthcheck 1m;
+    upstream foo {{
+        server 127.0.0.1:{pa};
+        server 127.0.0.1:{pb};
+        server 127.0.0.1:{pc} backup;
+    }}
+    init_worker_by_lua_block {{
+        {}
+    }}
+"#,
+        checker("foo", "valid_statuses = {200, 204}, concurrency = 2,")
+    );
+    let running = start(strategy, "fallrise", &http_body);
+    let (nginx, port) = (&running.nginx, running.port);
+    let all_up = |s: &str| !s.contains("DOWN");
+    until_all_workers(port, "/status-w", Duration::from_secs(5), all_up).expect("all peers up at start");
+
+    let peer_a = format!("127.0.0.1:{pa}");
+    let cases: [(Mode, &[&str]); 5] = [
+        (Mode::ERROR, &["bad status code from peer PEER: 500 (upstream foo)"]),
+        (Mode::Hang, &["failed to receive status line from peer PEER: timeout (upstream foo)"]),
+        (
+            Mode::Close,
+            &[
+                "failed to receive status line from peer PEER: closed (upstream foo)",
+                "failed to receive status line from peer PEER: connection reset by peer (upstream foo)",
+                "failed to send request to peer PEER",
+            ],
+        ),
+        (Mode::Garbage, &["bad status line from peer PEER: \"GARBAGE NOT HTTP\" (upstream foo)"]),
+        (Mode::Refuse, &["failed to connect to peer PEER: connection refused (upstream foo)"]),
+    ];
+    for (mode, errors) in cases {
+        let from = log_len(nginx);
+        a.set_mode(mode);
+        let down_after = wait_log(nginx, from, &format!("healthcheck: peer {peer_a} is turned down after 2 failure(s) (upstream foo)"), Duration::from_secs(10));
+        let log = nginx.error_log()[from..].to_owned();
+        assert!(
+            errors.iter().any(|e| log.contains(&e.replace("PEER", &peer_a))),
+            "{mode:?}: expected one of {errors:?} in:\n{log}"
+        );
+        let line = format!("        {peer_a} DOWN\n");
+        let agree = until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), |s| s.contains(&line))
+            .unwrap_or_else(|| panic!("{mode:?}: not every worker shows {peer_a} DOWN within 3 intervals"));
+        eprintln!("[{}] {mode:?}: turned down {down_after:?} after the failure began; every worker agreed {agree:?} later", strategy.name());
+        // fall = 2 failures at 500 ms intervals (+ the 300 ms timeout for Hang)
+        assert!(down_after < Duration::from_millis(4 * INTERVAL_MS), "{mode:?}: took {down_after:?}");
+
+        sleep(Duration::from_millis(INTERVAL_MS + 100));
+        let before = a.proxied();
+        for _ in 0..20 {
+            let r = http::get(port, "/foo/x");
+            assert_eq!(r.status, 200, "{}", r.body);
+            assert!(r.body.starts_with("backend=b "), "{}", r.body);
+        }
+        assert_eq!(a.proxied(), before, "{mode:?}: no proxied request reaches the down peer");
+
+        let from = log_len(nginx);
+        a.set_mode(Mode::OK);
+        let up_after = wait_log(nginx, from, &format!("healthcheck: peer {peer_a} is turned up after 2 success(es) (upstream foo)"), Duration::from_secs(10));
+        until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), all_up).expect("every worker shows it up again");
+        eprintln!("[{}] {mode:?}: turned up {up_after:?} after recovery", strategy.name());
+    }
+
+    // Probe errors are logged while the peer is up, not on every round while it is down.
+    let from = log_len(nginx);
+    a.set_mode(Mode::ERROR);
+    wait_log(nginx, from, &format!("peer {peer_a} is turned down"), Duration::from_secs(10));
+    let mark = log_len(nginx);
+    sleep(Duration::from_millis(4 * INTERVAL_MS));
+    assert!(!nginx.error_log()[mark..].contains(&format!("bad status code from peer {peer_a}")), "no error lines while down");
+    a.set_mode(Mode::OK);
+    wait_log(nginx, mark, &format!("peer {peer_a} is turned up"), Duration::from_secs(10));
+
+    // Backup peers are checked too.
+    let from = log_len(nginx);
+    c.set_mode(Mode::ERROR);
+    wait_log(nginx, from, &format!("healthcheck: peer 127.0.0.1:{pc} is turned down after 2 failure(s) (upstream foo)"), Duration::from_secs(10));
+    let backup_line = format!("    Backup Peers\n        127.0.0.1:{pc} DOWN\n");
+    until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), |s| s.contains(&backup_line)).expect("backup down everywhere");
+    assert!(c.probes() > 0 && b.probes() > 0);
+
+    assert_no_unexpected_errors(nginx);
+    running.nginx.quit();
+}
+
+#[test]
+fn healthcheck_status_pages_exact() {
+    for strategy in Strategy::ALL {
+        let a = Backend::http("a");
+        let b = Backend::http("b");
+        let c = Backend::http("c");
+        let (pa, pb, pc) = (a.port(), b.port(), c.port());
+        b.set_mode(Mode::ERROR);
+        let http_body = format!(
+            r#"
+    lua_shared_dict healthcheck 1m;
+    upstream foo {{
+        server 127.0.0.1:{pa};
+        server 127.0.0.1:{pb};
+        server 127.0.0.1:{pc} backup;
+    }}
+    upstream bar {{
+        server 127.0.0.1:{pa};
+    }}
+    init_worker_by_lua_block {{
+        {}
+    }}
+"#,
+            checker("foo", "valid_statuses = {200},")
+        );
+        let running = start(strategy, "pages", &http_body);
+        let port = running.port;
+        let down = format!("127.0.0.1:{pb} DOWN");
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s.contains(&down)).expect("b turned down");
+
+        let status = http::get(port, "/status").body;
+        assert_eq!(
+            status,
+            format!(
+                "Upstream foo\n    Primary Peers\n        127.0.0.1:{pa} UP\n        127.0.0.1:{pb} DOWN\n    Backup Peers\n        127.0.0.1:{pc} UP\n\
+                 \n\
+                 Upstream bar (NO checkers)\n    Primary Peers\n        127.0.0.1:{pa} UP\n    Backup Peers\n"
+            )
+        );
+        let metrics = http::get(port, "/metrics").body;
+        let m = |ep: u16, status: &str, role: &str, v: u8| format!("nginx_upstream_status_info{{name=\"foo\",endpoint=\"127.0.0.1:{ep}\",status=\"{status}\",role=\"{role}\"}} {v}\n");
+        let expected = [
+            "# HELP nginx_upstream_status_info The running status of nginx upstream\n".to_owned(),
+            "# TYPE nginx_upstream_status_info gauge\n".to_owned(),
+            m(pa, "UP", "PRIMARY", 1),
+            m(pa, "DOWN", "PRIMARY", 0),
+            m(pb, "UP", "PRIMARY", 0),
+            m(pb, "DOWN", "PRIMARY", 1),
+            m(pc, "UP", "BACKUP", 1),
+            m(pc, "DOWN", "BACKUP", 0),
+            "nginx_upstream_status_info{name=\"foo\",status=\"UP\"} 1\n".to_owned(),
+            "nginx_upstream_status_info{name=\"foo\",status=\"DOWN\"} 0\n".to_owned(),
+            "nginx_upstream_status_info{name=\"foo\",status=\"UNKNOWN\"} 0\n".to_owned(),
+            "nginx_upstream_status_info{name=\"bar\",status=\"UP\"} 0\n".to_owned(),
+            "nginx_upstream_status_info{name=\"bar\",status=\"DOWN\"} 0\n".to_owned(),
+            "nginx_upstream_status_info{name=\"bar\",status=\"UNKNOWN\"} 1\n".to_owned(),
+        ]
+        .concat();
+        assert_eq!(metrics, expected);
+
+        // every peer down: the upstream is DOWN
+        a.set_mode(Mode::ERROR);
+        c.set_mode(Mode::ERROR);
+        let foo_down = format!("        127.0.0.1:{pa} DOWN\n        127.0.0.1:{pb} DOWN\n    Backup Peers\n        127.0.0.1:{pc} DOWN\n");
+        let all_down = |s: &str| s.contains(&foo_down);
+        until_all_workers(port, "/status-w", Duration::from_secs(6), all_down).expect("all of foo down");
+        let metrics = http::get(port, "/metrics").body;
+        assert!(metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"UP\"} 0\n"), "{metrics}");
+        assert!(metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"DOWN\"} 1\n"), "{metrics}");
+        assert_no_unexpected_errors(&running.nginx);
+        running.nginx.quit();
+    }
+}
+
+#[test]
+fn healthcheck_reload_keeps_state_by_peer_name() {
+    for strategy in Strategy::ALL {
+        let a = Backend::http("a");
+        let b = Backend::http("b");
+        let e = Backend::http("e");
+        let (pa, pb, pe) = (a.port(), b.port(), e.port());
+        let body = |servers: &str| {
+            format!(
+                "\n    lua_shared_dict healthcheck 1m;\n    upstream foo {{\n{servers}    }}\n    init_worker_by_lua_block {{\n        {}\n    }}\n",
+                checker("foo", "valid_statuses = {200},")
+            )
+        };
+        let first = body(&format!("        server 127.0.0.1:{pa};\n        server 127.0.0.1:{pb};\n"));
+        let mut running = start(strategy, "reload", &first);
+        let port = running.port;
+        a.set_mode(Mode::ERROR);
+        let down_a = format!("127.0.0.1:{pa} DOWN");
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s.contains(&down_a)).expect("a down");
+
+        // Reload with the servers reordered and one added: a is now peer 1, b peer 0.
+        let second = body(&format!("        server 127.0.0.1:{pb};\n        server 127.0.0.1:{pa};\n        server 127.0.0.1:{pe};\n"));
+        let full = conf(strategy, port, &second);
+        let from = log_len(&running.nginx);
+        running.nginx.reload(&full);
+        let expected = format!("    Primary Peers\n        127.0.0.1:{pb} UP\n        127.0.0.1:{pa} DOWN\n        127.0.0.1:{pe} UP\n");
+        let took = until_all_workers(port, "/status-w", Duration::from_millis(2 * INTERVAL_MS), |s| s.contains(&expected))
+            .expect("after the reload each peer keeps its own state");
+        eprintln!("[{}] state applied by the new workers {took:?} after the reload", strategy.name());
+        let log = running.nginx.error_log()[from..].to_owned();
+        assert!(!log.contains("is turned down"), "no peer had to fail again after the reload:\n{log}");
+
+        sleep(Duration::from_millis(INTERVAL_MS));
+        let before = a.proxied();
+        for _ in 0..20 {
+            assert_eq!(http::get(port, "/foo/x").status, 200);
+        }
+        assert_eq!(a.proxied(), before, "the down peer gets no traffic after the reload");
+
+        let from = log_len(&running.nginx);
+        a.set_mode(Mode::OK);
+        wait_log(&running.nginx, from, &format!("healthcheck: peer 127.0.0.1:{pa} is turned up after 2 success(es) (upstream foo)"), Duration::from_secs(10));
+        assert_no_unexpected_errors(&running.nginx);
+        running.nginx.quit();
+    }
+}
+
+#[test]
+fn healthcheck_one_worker_probes_per_interval_and_shared_shm() {
+    for strategy in Strategy::ALL {
+        let a = Backend::http("a");
+        let b = Backend::http("b");
+        let target = Backend::http("target");
+        let (pa, pb) = (a.port(), b.port());
+        // "p" names a port nobody listens on; `port` sends its probes to `target` instead.
+        let unused = free_port();
+        let http_body = format!(
+            r#"
+    lua_shared_dict healthcheck 1m;
+    upstream foo {{ server 127.0.0.1:{pa}; }}
+    upstream bar {{ server 127.0.0.1:{pb}; }}
+    upstream p {{ server 127.0.0.1:{unused}; }}
+    init_worker_by_lua_block {{
+        {}
+        {}
+        {}
+    }}
+"#,
+            checker("foo", "valid_statuses = {200},"),
+            checker("bar", "valid_statuses = {200},"),
+            checker("p", &format!("port = {},", target.port())),
+        );
+        let running = start(strategy, "shared", &http_body);
+        let port = running.port;
+        b.set_mode(Mode::ERROR);
+
+        let started = Instant::now();
+        a.reset_counts();
+        sleep(Duration::from_millis(6 * INTERVAL_MS));
+        let probes = a.probes();
+        let rounds = started.elapsed().as_millis() as usize / INTERVAL_MS as usize;
+        eprintln!("[{}] {probes} probes in {rounds} intervals with 2 workers", strategy.name());
+        assert!(probes >= rounds - 2 && probes <= rounds + 1, "one probe per interval, not one per worker: {probes} in {rounds}");
+
+        // Several upstreams in one shm keep separate state.
+        let status = http::get(port, "/status").body;
+        assert!(status.contains(&format!("Upstream foo\n    Primary Peers\n        127.0.0.1:{pa} UP\n")), "{status}");
+        assert!(status.contains(&format!("Upstream bar\n    Primary Peers\n        127.0.0.1:{pb} DOWN\n")), "{status}");
+        // The port override: the peer is up because `target` answers its probes.
+        assert!(status.contains(&format!("Upstream p\n    Primary Peers\n        127.0.0.1:{unused} UP\n")), "{status}");
+        assert!(target.probes() > 0);
+        assert!(target.requests().iter().all(|r| r.line == "GET /health HTTP/1.0"));
+        assert_no_unexpected_errors(&running.nginx);
+        running.nginx.quit();
+    }
+}
+
+#[test]
+fn healthcheck_https_sni_and_verify() {
+    for strategy in Strategy::ALL {
+        let ca = TestCa::new();
+        let tls = Backend::https("tls", &ca, &["secure.test"]);
+        let pt = tls.port();
+        let dir = temp_dir(&format!("issue4-https-{}", strategy.name()));
+        set_mode(dir.path(), 0o755);
+        let prefix = unpack_bundle(strategy, dir.path());
+        let ca_path = prefix.join("conf/test-ca.pem");
+        ca.write_pem(&ca_path);
+        let https = |u: &str, extra: &str| {
+            format!(
+                r#"do
+                local ok, err = require("resty.upstream.healthcheck").spawn_checker({{
+                    shm = "healthcheck", upstream = "{u}", type = "https",
+                    http_req = "GET /health HTTP/1.0\r\nHost: secure.test\r\n\r\n",
+                    interval = {INTERVAL_MS}, timeout = 300, fall = 2, rise = 2,
+                    valid_statuses = {{200}}, {extra}
+                }})
+                if not ok then ngx.log(ngx.ERR, "failed to spawn health checker: ", err) end
+            end
+            "#
+            )
+        };
+        let http_body = format!(
+            r#"
+    lua_shared_dict healthcheck 1m;
+    lua_ssl_trusted_certificate {};
+    upstream good {{ server 127.0.0.1:{pt}; }}
+    upstream wrongname {{ server 127.0.0.1:{pt}; }}
+    upstream noverify {{ server 127.0.0.1:{pt}; }}
+    init_worker_by_lua_block {{
+        {}
+        {}
+        {}
+    }}
+"#,
+            ca_path.display(),
+            https("good", r#"host = "secure.test","#),
+            https("wrongname", r#"host = "other.test","#),
+            https("noverify", r#"host = "other.test", ssl_verify = false,"#),
+        );
+        let port = free_port();
+        let nginx = Nginx::start(&prefix, &conf(strategy, port, &http_body), &[port]);
+        let peer = format!("127.0.0.1:{pt}");
+        let want = format!(
+            "Upstream good\n    Primary Peers\n        {peer} UP\n    Backup Peers\n\n\
+             Upstream wrongname\n    Primary Peers\n        {peer} DOWN\n    Backup Peers\n\n\
+             Upstream noverify\n    Primary Peers\n        {peer} UP\n    Backup Peers\n"
+        );
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s == want).unwrap_or_else(|| panic!("https states:\n{}", http::get(port, "/status").body));
+        let log = nginx.error_log();
+        // lua-nginx-module 0.10.23 reports a host mismatch from sslhandshake() when the
+        // handshake needed a round trip, but returns success on a closed socket when it
+        // completed at once: then the send fails. Either way the peer counts as failed.
+        assert!(
+            log.contains(&format!("healthcheck: failed to do SSL handshake with peer {peer}: certificate host mismatch (upstream wrongname)"))
+                || log.contains(&format!("healthcheck: failed to send request to peer {peer}: closed (upstream wrongname)")),
+            "{log}"
+        );
+        let snis: Vec<Option<String>> = tls.requests().iter().map(|r| r.sni.clone()).collect();
+        assert!(snis.contains(&Some("secure.test".to_owned())), "SNI of the good checker: {snis:?}");
+        assert!(snis.contains(&Some("other.test".to_owned())), "SNI of the no-verify checker: {snis:?}");
+        nginx.quit();
+    }
+}
