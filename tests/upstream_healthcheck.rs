@@ -770,3 +770,131 @@ fn healthcheck_https_sni_and_verify() {
         nginx.quit();
     }
 }
+
+/// A minimal always-200 server on a listener of any kind, stopped on drop.
+struct TinyServer {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    hits: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl TinyServer {
+    fn serve<L, S>(listener: L, accept: fn(&L) -> std::io::Result<S>) -> TinyServer
+    where
+        L: Send + 'static,
+        S: std::io::Read + std::io::Write + 'static,
+    {
+        use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+        let stop = std::sync::Arc::new(AtomicBool::new(false));
+        let hits = std::sync::Arc::new(AtomicUsize::new(0));
+        let (stop2, hits2) = (stop.clone(), hits.clone());
+        let thread = std::thread::spawn(move || {
+            while !stop2.load(Ordering::SeqCst) {
+                match accept(&listener) {
+                    Ok(mut s) => {
+                        // requests are tiny: one read gets the head
+                        let mut buf = [0u8; 1024];
+                        let _ = s.read(&mut buf);
+                        let _ = s.write_all(b"HTTP/1.0 200 OK\r\nContent-Length: 0\r\n\r\n");
+                        hits2.fetch_add(1, Ordering::SeqCst);
+                    }
+                    Err(_) => sleep(Duration::from_millis(10)),
+                }
+            }
+        });
+        TinyServer { stop, hits, thread: Some(thread) }
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+impl Drop for TinyServer {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+fn accept_unix(l: &std::os::unix::net::UnixListener) -> std::io::Result<std::os::unix::net::UnixStream> {
+    let (s, _) = l.accept()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+fn accept_tcp(l: &std::net::TcpListener) -> std::io::Result<std::net::TcpStream> {
+    let (s, _) = l.accept()?;
+    s.set_nonblocking(false)?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    Ok(s)
+}
+
+#[test]
+fn healthcheck_ipv6_unix_peers_and_label_escaping() {
+    for strategy in Strategy::ALL {
+        let dir = temp_dir(&format!("issue4-unix-{}", strategy.name()));
+        set_mode(dir.path(), 0o755);
+        let sock_path = dir.path().join("hc.sock");
+        let unix = std::os::unix::net::UnixListener::bind(&sock_path).unwrap();
+        unix.set_nonblocking(true).unwrap();
+        set_mode(&sock_path, 0o777); // workers run as nobody
+        let unix_server = TinyServer::serve(unix, accept_unix);
+        let v6 = std::net::TcpListener::bind("[::1]:0").expect("::1 is available");
+        v6.set_nonblocking(true).unwrap();
+        let p6 = v6.local_addr().unwrap().port();
+        let v6_server = TinyServer::serve(v6, accept_tcp);
+
+        let prefix = unpack_bundle(strategy, dir.path());
+        let sock = sock_path.display().to_string();
+        // An upstream name holding a quote and a backslash: we"ird\x
+        let http_body = format!(
+            r#"
+    lua_shared_dict healthcheck 1m;
+    upstream "we\"ird\\x" {{
+        server unix:{sock};
+        server [::1]:{p6};
+    }}
+    init_worker_by_lua_block {{
+        local ok, err = require("resty.upstream.healthcheck").spawn_checker({{
+            shm = "healthcheck", upstream = 'we"ird\\x', type = "http",
+            http_req = "GET /health HTTP/1.0\r\n\r\n",
+            interval = {INTERVAL_MS}, timeout = 300, fall = 2, rise = 2, valid_statuses = {{200}},
+        }})
+        if not ok then ngx.log(ngx.ERR, "failed to spawn health checker: ", err) end
+    }}
+"#
+        );
+        let port = free_port();
+        let nginx = Nginx::start(&prefix, &conf(strategy, port, &http_body), &[port]);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while (unix_server.hits() < 2 || v6_server.hits() < 2) && Instant::now() < deadline {
+            sleep(Duration::from_millis(50));
+        }
+        assert!(unix_server.hits() >= 2 && v6_server.hits() >= 2, "both peers probed: unix {} ipv6 {}", unix_server.hits(), v6_server.hits());
+        assert_eq!(
+            http::get(port, "/status").body,
+            format!("Upstream we\"ird\\x\n    Primary Peers\n        unix:{sock} UP\n        [::1]:{p6} UP\n    Backup Peers\n")
+        );
+        let metrics = http::get(port, "/metrics").body;
+        let name = r#"name="we\"ird\\x""#;
+        assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},endpoint=\"unix:{sock}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")), "{metrics}");
+        assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},endpoint=\"[::1]:{p6}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")), "{metrics}");
+        assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},status=\"UP\"}} 1\n")), "{metrics}");
+
+        assert_no_unexpected_errors(&nginx);
+
+        // The unix peer goes away: it is turned down, naming it and the upstream. (nginx
+        // itself logs a failed connect() to a missing unix socket at [crit].)
+        let from = log_len(&nginx);
+        drop(unix_server);
+        let _ = fs::remove_file(&sock_path);
+        wait_log(&nginx, from, &format!("healthcheck: peer unix:{sock} is turned down after 2 failure(s) (upstream we\"ird\\x)"), Duration::from_secs(10));
+        assert!(nginx.error_log()[from..].contains(&format!("failed to connect to peer unix:{sock}: ")));
+        nginx.quit();
+        drop(v6_server);
+    }
+}
