@@ -52,16 +52,17 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let toolchain = toolchain::build(project, &sources)?;
     let luajit = luajit::build(project, &sources, &toolchain)?;
     let openssl = openssl::build(project, &sources, &toolchain)?;
-    let compiled = nginx::compile(project, &sources, &toolchain, &luajit, &openssl)?;
+    let pcre = openssl::build_pcre(project, &sources, &toolchain)?;
+    let compiled = nginx::compile(project, &sources, &toolchain, &luajit, &openssl, &pcre)?;
     let modules = lua_closure(project, &sources)?;
     let bytecode = lua_modules::bytecode(project, &luajit, &modules, true)?;
-    let embedded = nginx::link_embedded(project, &compiled, &toolchain, &luajit, &openssl, &bytecode)?;
+    let embedded = nginx::link_embedded(project, &compiled, &toolchain, &luajit, &openssl, &pcre, &bytecode)?;
 
     let out_dir = options.out_dir.clone().unwrap_or_else(|| project.root.join("target/dist"));
     fs::create_dir_all(&out_dir).map_err(|e| Error::with_source(format!("cannot create {}", out_dir.display()), e))?;
     // Two runs at once each build (the store builds every step once) and take turns here.
     let _lock = FileLock::acquire(&out_dir.join(".dist.lock"))?;
-    let steps = vec![toolchain, luajit, openssl, compiled.clone(), bytecode, embedded.clone()];
+    let steps = vec![toolchain, luajit, openssl, pcre, compiled.clone(), bytecode, embedded.clone()];
     let mut bundles = Vec::new();
     for strategy in STRATEGIES {
         let binary = if strategy == "embed" { &embedded } else { &compiled };

@@ -33,16 +33,13 @@ pub fn configure_args(project_modules: &[String]) -> Vec<String> {
         // universal; `nogroup` is Debian's and Alpine's).
         "--user=nobody",
         "--group=nogroup",
-        // In-tree PCRE would otherwise be built unoptimised and without UTF-8, and
-        // ngx.re.match(..., "u") would fail.
-        "--with-pcre=../pcre",
+        "--with-pcre",
         "--with-pcre-jit",
-        "--with-pcre-opt=-O2",
-        "--with-pcre-conf-opt=--enable-utf --enable-unicode-properties",
+        "--without-pcre2",
         "--with-zlib=../zlib",
         "--with-zlib-opt=-O2",
-        "--with-cc-opt=-O2 -fstack-protector-strong -I../openssl/usr/local/ssl/include",
-        "--with-ld-opt=-L../openssl/usr/local/ssl/lib @../link/extra.args",
+        "--with-cc-opt=-O2 -fstack-protector-strong -I../openssl/usr/local/ssl/include -I../pcre/usr/local/include",
+        "--with-ld-opt=-L../openssl/usr/local/ssl/lib -L../pcre/usr/local/lib @../link/extra.args",
         "--add-module=../ngx_devel_kit",
         "--add-module=../lua-nginx-module",
     ]
@@ -71,11 +68,11 @@ pub fn project_modules(project: &Project) -> Result<Vec<(String, TreeHash)>> {
 
 /// Configures and compiles nginx; the output holds the whole build tree (for relinking) and
 /// `sbin/nginx`, the binary without embedded Lua.
-pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact) -> Result<Artifact> {
+pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact) -> Result<Artifact> {
     let modules = project_modules(project)?;
     let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
-    let mut step = base_step("nginx", project, toolchain, luajit, openssl).file(LINK_EXTRA, "", false);
-    for pin in ["nginx", "lua-nginx-module", "ngx_devel_kit", "pcre", "zlib"] {
+    let mut step = base_step("nginx", project, toolchain, luajit, openssl, pcre).file(LINK_EXTRA, "", false);
+    for pin in ["nginx", "lua-nginx-module", "ngx_devel_kit", "zlib"] {
         let s = sources.get(pin)?;
         step = step.source(pin, s.path(), s.pin.tree);
     }
@@ -87,17 +84,17 @@ pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luaji
     step.command("nginx", configure)
         .command("nginx", ["make", "-j2"])
         .command(".", ["mkdir", "-p", "{out}/tree", "{out}/sbin"])
-        .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "pcre", "zlib", "modules", "{out}/tree/"])
+        .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "zlib", "modules", "{out}/tree/"])
         .command(".", ["cp", "nginx/objs/nginx", "{out}/sbin/nginx"])
         .command(".", ["strip", "--strip-all", "{out}/sbin/nginx"])
         .run(&project.store)
 }
 
 /// Relinks the compiled objects with the Lua bytecode archive.
-pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, bytecode: &Artifact) -> Result<Artifact> {
+pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact, bytecode: &Artifact) -> Result<Artifact> {
     let library = find_archive(&bytecode.path)?;
     let args = format!("-Wl,--whole-archive ../bytecode/{} -Wl,--no-whole-archive\n", library);
-    base_step("nginx-embed", project, toolchain, luajit, openssl)
+    base_step("nginx-embed", project, toolchain, luajit, openssl, pcre)
         .dep("compiled", compiled)
         .dep("bytecode", bytecode)
         .file(LINK_EXTRA, args, false)
@@ -111,11 +108,12 @@ pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifac
         .run(&project.store)
 }
 
-fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact) -> repro::Step {
+fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact) -> repro::Step {
     let lj = format!("../luajit/{}", luajit::PREFIX.trim_start_matches('/'));
     toolchain::step_with_toolchain(name, project, toolchain)
         .dep("luajit", luajit)
         .dep("openssl", openssl)
+        .dep("pcre", pcre)
         .input("openssl-layout", openssl::PREFIX)
         .env("LUAJIT_LIB", format!("{lj}/lib"))
         .env("LUAJIT_INC", format!("{lj}/include/luajit-2.1"))
