@@ -167,13 +167,16 @@ fn https_server_with_a_test_certificate_answers() {
         let root = unpack_bundle(strategy, tmp.path());
         e2e::tls::write_server_files(&ca, &root.join("conf"), &["localhost"]);
         let port = free_port();
+        let path = if strategy == Strategy::Lualib { pipeline::dist::LUA_PACKAGE_PATH } else { "" };
         let conf = format!(
             r#"
 error_log logs/error.log;
 events {{ }}
 http {{
+    {path}
     server {{
         listen 127.0.0.1:{port} ssl http2;
+        ssl_protocols TLSv1.2 TLSv1.3;
         ssl_certificate server.crt;
         ssl_certificate_key server.key;
         location / {{ return 200 "tls $ssl_protocol\n"; }}
