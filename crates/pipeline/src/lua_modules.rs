@@ -186,3 +186,47 @@ pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip:
         Ok(())
     })
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn library(files: &[(&str, &str)]) -> (tempfile::TempDir, LibraryRoot) {
+        let dir = tempfile::tempdir().unwrap();
+        for (path, text) in files {
+            let file = dir.path().join(path);
+            fs::create_dir_all(file.parent().unwrap()).unwrap();
+            fs::write(file, text).unwrap();
+        }
+        let root = LibraryRoot { provider: "test library".into(), dir: dir.path().to_path_buf() };
+        (dir, root)
+    }
+
+    #[test]
+    fn follows_requires_in_every_spelling_and_skips_builtins_and_c_modules() {
+        let (_dir, lib) = library(&[
+            ("app.lua", "local a = require \"app.a\"\nlocal b = require('app.b')\nlocal ffi = require 'ffi'\nlocal up = require \"ngx.upstream\"\n-- require \"commented.out\"\n"),
+            ("app/a.lua", "local ok, x = pcall(require, \"optional.missing\")\nreturn require(\"app.c\")\n"),
+            ("app/b/init.lua", "return { myrequire = 1 }\n"),
+            ("app/c.lua", "return require \"table.new\"\n"),
+        ]);
+        let c_modules = ["ngx.upstream".to_string()].into();
+        let found = closure(&["app"], &[lib], &c_modules).unwrap();
+        let names: Vec<&str> = found.iter().map(|m| m.name.as_str()).collect();
+        assert_eq!(names, ["app", "app.a", "app.b", "app.c"]);
+        assert_eq!(found[2].relative, PathBuf::from("app/b/init.lua"));
+    }
+
+    #[test]
+    fn a_missing_module_fails_naming_it_and_who_requires_it() {
+        let (_dir, lib) = library(&[("app.lua", "local x = require \"resty.nowhere\"\n")]);
+        let err = closure(&["app"], &[lib], &BTreeSet::new()).unwrap_err().to_string();
+        assert!(err.contains("`resty.nowhere`") && err.contains("required by app (") && err.contains("app.lua"), "{err}");
+    }
+
+    #[test]
+    fn c_modules_are_found_in_the_sources_of_the_project_modules() {
+        let (dir, _) = library(&[("m/x.c", "rc = ngx_http_lua_add_package_preload(cf, \"ngx.thing\",\n    loader);\n")]);
+        assert_eq!(c_provided_modules(dir.path()).unwrap(), ["ngx.thing".to_string()].into());
+    }
+}
