@@ -1,0 +1,208 @@
+//! The two seed configurations shipped in every bundle (conf/examples/embed-healthcheck.conf
+//! and conf/examples/lualib-comprehensive.conf), run unchanged except for addresses, ports and
+//! file paths, in both bundle strategies.
+
+use std::collections::BTreeSet;
+use std::fs;
+use std::path::Path;
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use e2e::backend::{Backend, Mode, TestCa};
+use e2e::{free_port, http, temp_dir, unpack_bundle, Nginx, Strategy};
+
+/// Reads a shipped example and ports it by string replacement only, asserting each
+/// replaced string occurs exactly once.
+fn port_example(root: &Path, name: &str, replacements: &[(&str, String)]) -> String {
+    let mut text = fs::read_to_string(root.join("conf/examples").join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+    for (from, to) in replacements {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} occurs once in {name}");
+        text = text.replace(from, to);
+    }
+    text
+}
+
+/// Polls `cond` every 50 ms until it holds or `limit` passes; returns the time it took.
+fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
+    let start = Instant::now();
+    while start.elapsed() < limit {
+        if cond() {
+            return Some(start.elapsed());
+        }
+        sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+#[test]
+fn embed_seed_turns_a_failing_peer_down_and_up() {
+    for strategy in Strategy::ALL {
+        let dir = temp_dir(&format!("seed-embed-{}", strategy.name()));
+        let root = unpack_bundle(strategy, dir.path());
+        let a = Backend::http("a");
+        let b = Backend::http("b");
+        let port = free_port();
+        let conf = port_example(
+            &root,
+            "embed-healthcheck.conf",
+            &[
+                ("10.0.0.11:8080", a.addr()),
+                ("10.0.0.12:8080", b.addr()),
+                ("listen 80;", format!("listen 127.0.0.1:{port};")),
+            ],
+        );
+        let nginx = Nginx::start(&root, &conf, &[port]);
+        // both peers are probed (GET /healthz) before the test changes anything
+        assert!(a.wait_probes(1, Duration::from_secs(10)) && b.wait_probes(1, Duration::from_secs(10)), "[{}] no probes:\n{}", strategy.name(), nginx.error_log());
+        assert!(!nginx.error_log().contains("failed to spawn health checker"), "[{}] {}", strategy.name(), nginx.error_log());
+
+        b.set_mode(Mode::ERROR);
+        let down = wait_for(Duration::from_secs(15), || nginx.error_log().contains("is turned down"))
+            .unwrap_or_else(|| panic!("[{}] b not turned down within 15 s:\n{}", strategy.name(), nginx.error_log()));
+        eprintln!("[{}] seed interval 2000 ms / fall 3: turned down {:.2} s after the peer started failing", strategy.name(), down.as_secs_f64());
+        let log = nginx.error_log();
+        let line = log.lines().find(|l| l.contains("is turned down")).unwrap();
+        assert!(line.contains(&b.addr()), "[{}] the failing peer is the one turned down: {line}", strategy.name());
+        // every worker applies the shared status within one more interval
+        sleep(Duration::from_millis(2500));
+
+        let before = b.proxied();
+        let a_before = a.proxied();
+        for _ in 0..20 {
+            let r = http::get(port, "/");
+            assert_eq!(r.status, 200, "[{}] proxied through location /", strategy.name());
+        }
+        assert_eq!(b.proxied(), before, "[{}] no request reaches the down peer", strategy.name());
+        assert_eq!(a.proxied(), a_before + 20, "[{}] all requests go to the healthy peer", strategy.name());
+
+        b.set_mode(Mode::OK);
+        let up = wait_for(Duration::from_secs(10), || nginx.error_log().contains("is turned up"))
+            .unwrap_or_else(|| panic!("[{}] b not turned up within 10 s:\n{}", strategy.name(), nginx.error_log()));
+        eprintln!("[{}] turned up {:.2} s after the peer recovered (rise 2)", strategy.name(), up.as_secs_f64());
+        nginx.quit();
+    }
+}
+
+/// Every non-comment line of `text` is `name{labels} value` or `name value`; returns the
+/// series (name and labels, as written) and fails on a duplicate.
+fn check_exposition(text: &str) -> Vec<(String, f64)> {
+    let mut seen = BTreeSet::new();
+    let mut out = Vec::new();
+    for line in text.lines() {
+        if line.is_empty() || line.starts_with('#') {
+            continue;
+        }
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        let name = match series.split_once('{') {
+            None => series,
+            Some((name, rest)) => {
+                let labels = rest.strip_suffix('}').unwrap_or_else(|| panic!("labels end with }} in {line:?}"));
+                for pair in split_labels(labels) {
+                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
+                    assert!(!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad label name in {line:?}");
+                    assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "unquoted label value in {line:?}");
+                }
+                name
+            }
+        };
+        assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
+        assert!(seen.insert(series.to_string()), "duplicate series {series}");
+        out.push((series.to_string(), value));
+    }
+    out
+}
+
+/// Splits `k="v",k2="v2"` at the commas outside quoted values.
+fn split_labels(text: &str) -> Vec<String> {
+    let mut parts = Vec::new();
+    let mut cur = String::new();
+    let (mut quoted, mut escaped) = (false, false);
+    for c in text.chars() {
+        if escaped {
+            escaped = false;
+        } else if c == '\\' {
+            escaped = true;
+        } else if c == '"' {
+            quoted = !quoted;
+        } else if c == ',' && !quoted {
+            parts.push(std::mem::take(&mut cur));
+            continue;
+        }
+        cur.push(c);
+    }
+    assert!(!quoted, "unterminated label value in {text:?}");
+    if !cur.is_empty() {
+        parts.push(cur);
+    }
+    parts
+}
+
+#[test]
+fn comprehensive_seed_serves_status_and_merged_metrics() {
+    for strategy in Strategy::ALL {
+        let s = strategy.name();
+        let dir = temp_dir(&format!("seed-comprehensive-{s}"));
+        let root = unpack_bundle(strategy, dir.path());
+        let ca = TestCa::new();
+        let ca_path = dir.path().join("ca.pem");
+        ca.write_pem(&ca_path);
+        let foo1 = Backend::http("foo1");
+        let foo2 = Backend::http("foo2");
+        for b in [&foo1, &foo2] {
+            b.set_probe_prefix("/readyz");
+        }
+        let bar1 = Backend::https("bar1", &ca, &["bar.internal"]);
+        let bar2 = Backend::https("bar2", &ca, &["bar.internal"]);
+        let port = free_port();
+        let status_port = free_port();
+        let conf = port_example(
+            &root,
+            "lualib-comprehensive.conf",
+            &[
+                ("10.0.1.11:8080", foo1.addr()),
+                ("10.0.1.12:8080", foo2.addr()),
+                ("10.0.2.11:8080", bar1.addr()),
+                ("10.0.2.12:8080", bar2.addr()),
+                ("listen 80;", format!("listen 127.0.0.1:{port};")),
+                ("listen 18080;", format!("listen 127.0.0.1:{status_port};")),
+                ("http {\n", format!("http {{\n    lua_ssl_trusted_certificate {};\n", ca_path.display())),
+            ],
+        );
+        let nginx = Nginx::start(&root, &conf, &[port, status_port]);
+        for b in [&foo1, &foo2, &bar1, &bar2] {
+            assert!(b.wait_probes(1, Duration::from_secs(10)), "[{s}] {} not probed:\n{}", b.name(), nginx.error_log());
+        }
+        let log = nginx.error_log();
+        assert!(!log.contains("failed to spawn health checker"), "[{s}] {log}");
+        assert!(!log.contains("handshake"), "[{s}] the https checker verifies bar's certificate:\n{log}");
+        assert!(bar1.requests().iter().any(|r| r.sni.as_deref() == Some("bar.internal")), "[{s}] bar probes send SNI bar.internal");
+
+        // traffic through foo
+        assert_eq!(http::get(port, "/api/x").status, 200, "[{s}] /api/ -> foo");
+        // (location / proxies plain http to bar, whose peers here speak TLS as its checker
+        // requires, so no request is sent through it)
+
+        let status = http::get(status_port, "/status");
+        assert_eq!(status.status, 200, "[{s}] /status");
+        assert!(status.body.contains("Upstream foo"), "[{s}] /status:\n{}", status.body);
+        assert!(status.body.contains("Upstream bar"), "[{s}] /status:\n{}", status.body);
+        for b in [&foo1, &foo2, &bar1, &bar2] {
+            assert!(status.body.contains(&b.addr()), "[{s}] /status lists {}:\n{}", b.addr(), status.body);
+        }
+        assert!(!status.body.contains("DOWN"), "[{s}] no peer is down:\n{}", status.body);
+
+        let metrics = http::get(status_port, "/metrics");
+        assert_eq!(metrics.status, 200, "[{s}] /metrics");
+        let body = &metrics.body;
+        let series = check_exposition(body);
+        assert!(series.iter().any(|(n, _)| n.starts_with("nginx_upstream_status_info")), "[{s}] healthcheck series:\n{body}");
+        assert!(series.iter().any(|(n, _)| n.starts_with("nginx_vts_")), "[{s}] vts series:\n{body}");
+        for src in ["healthcheck_module", "vts"] {
+            let want = format!("nginx_metrics_source_up{{source=\"{src}\"}} 1");
+            assert_eq!(body.lines().filter(|l| *l == want).count(), 1, "[{s}] exactly one {want:?}:\n{body}");
+        }
+        assert_eq!(body.lines().filter(|l| l.starts_with("nginx_metrics_source_up")).count(), 2, "[{s}] two source lines:\n{body}");
+        nginx.quit();
+    }
+}
