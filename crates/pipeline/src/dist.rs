@@ -7,7 +7,7 @@ use std::io::Read;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
-use repro::{archive, Artifact, Error, FileLock, Result};
+use repro::{archive, Artifact, Error, FileLock, Result, Step};
 
 use crate::lua_modules::{self, LibraryRoot, Module};
 use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
@@ -62,13 +62,16 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     fs::create_dir_all(&out_dir).map_err(|e| Error::with_source(format!("cannot create {}", out_dir.display()), e))?;
     // Two runs at once each build (the store builds every step once) and take turns here.
     let _lock = FileLock::acquire(&out_dir.join(".dist.lock"))?;
-    let steps = vec![toolchain, luajit, openssl, pcre, compiled.clone(), bytecode, embedded.clone()];
+    let mut steps = vec![toolchain, luajit, openssl, pcre, compiled.clone(), bytecode, embedded.clone()];
     let mut bundles = Vec::new();
+    let mut bundle_steps = Vec::new();
     for strategy in STRATEGIES {
         let binary = if strategy == "embed" { &embedded } else { &compiled };
-        let bundle = write_bundle(project, &sources, &out_dir, strategy, &binary.path.join("sbin/nginx"), &modules, &steps)?;
+        let (bundle, artifact) = write_bundle(project, &sources, &out_dir, strategy, binary, &modules, &steps)?;
         bundles.push(bundle);
+        bundle_steps.push(artifact);
     }
+    steps.extend(bundle_steps);
     let mut sums = String::new();
     for b in &bundles {
         let _ = writeln!(sums, "{}  {}", sha256_file(&b.tarball)?, b.tarball.file_name().unwrap().to_string_lossy());
@@ -124,44 +127,50 @@ const EXAMPLES: [(&str, &str); 2] = [
 ];
 pub const LUA_PACKAGE_PATH: &str = "lua_package_path \"$prefix/lualib/?.lua;$prefix/lualib/?/init.lua;;\";";
 
+/// Assembles one bundle as a store step (so a no-op `dist` rewrites nothing) and copies its
+/// tarball into `out_dir`.
 fn write_bundle(
     project: &Project,
     sources: &Sources,
     out_dir: &Path,
     strategy: &'static str,
-    binary: &Path,
+    binary: &Artifact,
     modules: &[Module],
     steps: &[Artifact],
-) -> Result<Bundle> {
+) -> Result<(Bundle, Artifact)> {
     let name = format!("{PROJECT}-{}-{strategy}-{TARGET}", env!("CARGO_PKG_VERSION"));
-    let staging = out_dir.join(format!(".staging-{name}-{}", std::process::id()));
-    let _ = fs::remove_dir_all(&staging);
-    let result = (|| {
-        let lualib = strategy == "lualib";
-        let path_line = if lualib { format!("    {LUA_PACKAGE_PATH}\n") } else { String::new() };
-        let conf = DEFAULT_CONF.replace("@PROJECT@", PROJECT).replace("@STRATEGY@", strategy).replace("@LUA_PACKAGE_PATH@\n", &path_line);
-        put(&staging.join("conf/nginx.conf"), conf.as_bytes(), false)?;
-        let mime = fs::read(sources.get("nginx")?.path().join("conf/mime.types")).map_err(|e| Error::with_source("cannot read nginx's mime.types", e))?;
-        put(&staging.join("conf/mime.types"), &mime, false)?;
-        for (file, text) in EXAMPLES {
-            let text = if lualib { text.replacen("http {\n", &format!("http {{\n{path_line}"), 1) } else { text.to_owned() };
-            put(&staging.join("conf/examples").join(file), text.as_bytes(), false)?;
+    let lualib = strategy == "lualib";
+    let path_line = if lualib { format!("    {LUA_PACKAGE_PATH}\n") } else { String::new() };
+    let read = |path: &Path| fs::read(path).map_err(|e| Error::with_source(format!("cannot read {}", path.display()), e));
+    let conf = DEFAULT_CONF.replace("@PROJECT@", PROJECT).replace("@STRATEGY@", strategy).replace("@LUA_PACKAGE_PATH@\n", &path_line);
+    let mut step = Step::new(format!("bundle-{strategy}"))
+        .input("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
+        .input("archive", "tar.gz, sorted, owner 0, modes 0755/0644")
+        .dep("nginx", binary)
+        .file("bundle/conf/nginx.conf", conf, false)
+        .file("bundle/conf/mime.types", read(&sources.get("nginx")?.path().join("conf/mime.types"))?, false)
+        .file("bundle/PROVENANCE.toml", provenance(project, sources, strategy, modules, steps)?, false);
+    for (file, text) in EXAMPLES {
+        let text = if lualib { text.replacen("http {\n", &format!("http {{\n{path_line}"), 1) } else { text.to_owned() };
+        step = step.file(format!("bundle/conf/examples/{file}"), text, false);
+    }
+    if lualib {
+        for m in modules {
+            step = step.file(format!("bundle/lualib/{}", m.relative.display()), read(&m.file)?, false);
         }
-        fs::create_dir_all(staging.join("logs")).map_err(|e| Error::with_source("cannot create logs/", e))?;
-        put(&staging.join("sbin/nginx"), &fs::read(binary).map_err(|e| Error::with_source(format!("cannot read {}", binary.display()), e))?, true)?;
-        if lualib {
-            for m in modules {
-                put(&staging.join("lualib").join(&m.relative), &fs::read(&m.file).map_err(|e| Error::with_source(format!("cannot read {}", m.file.display()), e))?, false)?;
-            }
-        }
-        put(&staging.join("PROVENANCE.toml"), provenance(project, sources, strategy, modules, steps)?.as_bytes(), false)?;
-        let tarball = out_dir.join(format!("{name}.tar.gz"));
-        let mtime: u64 = SOURCE_DATE_EPOCH.parse().unwrap();
-        archive::write_tar_gz(&staging, &name, &tarball, mtime)?;
-        Ok(Bundle { strategy, tarball, binary: binary.to_path_buf() })
-    })();
-    let _ = fs::remove_dir_all(&staging);
-    result
+    }
+    let tarball_name = format!("{name}.tar.gz");
+    let artifact = project.run_with(step, |build, out| {
+        let root = build.join("bundle");
+        fs::create_dir_all(root.join("logs")).map_err(|e| Error::with_source("cannot create logs/", e))?;
+        fs::create_dir_all(root.join("sbin")).map_err(|e| Error::with_source("cannot create sbin/", e))?;
+        fs::copy(build.join("nginx/sbin/nginx"), root.join("sbin/nginx")).map_err(|e| Error::with_source("cannot copy sbin/nginx", e))?;
+        fs::set_permissions(root.join("sbin/nginx"), fs::Permissions::from_mode(0o755)).map_err(|e| Error::with_source("cannot chmod sbin/nginx", e))?;
+        archive::write_tar_gz(&root, &name, &out.join(&tarball_name), SOURCE_DATE_EPOCH.parse().unwrap())
+    })?;
+    let tarball = out_dir.join(&tarball_name);
+    write_atomic(&tarball, &read(&artifact.path.join(&tarball_name))?)?;
+    Ok((Bundle { strategy, tarball, binary: binary.path.join("sbin/nginx") }, artifact))
 }
 
 fn provenance(project: &Project, sources: &Sources, strategy: &str, modules: &[Module], steps: &[Artifact]) -> Result<String> {
@@ -194,13 +203,6 @@ fn provenance(project: &Project, sources: &Sources, strategy: &str, modules: &[M
         let _ = writeln!(t, "{} = {}", q(&s.name), q(&s.key));
     }
     Ok(t)
-}
-
-fn put(path: &Path, bytes: &[u8], executable: bool) -> Result<()> {
-    fs::create_dir_all(path.parent().unwrap()).map_err(|e| Error::with_source(format!("cannot create {}", path.parent().unwrap().display()), e))?;
-    fs::write(path, bytes).map_err(|e| Error::with_source(format!("cannot write {}", path.display()), e))?;
-    fs::set_permissions(path, fs::Permissions::from_mode(if executable { 0o755 } else { 0o644 }))
-        .map_err(|e| Error::with_source(format!("cannot chmod {}", path.display()), e))
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

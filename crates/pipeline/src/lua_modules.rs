@@ -176,7 +176,7 @@ pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip:
         step = step.file(format!("lua/{}", m.relative.display()), text, false).input(format!("module {}", m.name), m.relative.display().to_string());
     }
     let names: Vec<(String, PathBuf)> = modules.iter().map(|m| (m.name.clone(), m.relative.clone())).collect();
-    step.run_with(&project.store, |build, out| {
+    project.run_with(step, |build, out| {
         let mut b = luabc::Build::new();
         b.luajit(layout.bytecode_compiler()).lua_path(layout.lua_path()).strip(strip).out_dir(out).whole_archive(true);
         for (name, rel) in &names {

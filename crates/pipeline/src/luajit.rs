@@ -5,7 +5,7 @@ use std::path::{Path, PathBuf};
 
 use repro::{Artifact, Result};
 
-use crate::project::{Project, Sources};
+use crate::project::{Project, RunIn, Sources};
 use crate::toolchain;
 
 /// As OpenResty builds it; the fixed PREFIX keeps the build directory out of the compiled-in
@@ -43,7 +43,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
         .command("luajit", ["make", "clean"])
         .command("luajit", make_vars("amalg", DETERMINISTIC_XCFLAGS))
         .command("luajit", ["cp", "src/luajit", &format!("{{out}}{PREFIX}/bin/luajit-bytecode")])
-        .run(&project.store)
+        .run_in(project)
 }
 
 /// Paths inside a built LuaJIT.
@@ -111,5 +111,5 @@ pub fn build_host(project: &Project, sources: &Sources) -> Result<Artifact> {
             ],
         )
         .command("luajit", ["make".to_string(), "install".into(), format!("PREFIX={PREFIX}"), "DESTDIR={out}".into()])
-        .run(&project.store)
+        .run_in(project)
 }

@@ -11,7 +11,7 @@ use std::path::Path;
 
 use repro::{Artifact, Error, Result, TreeHash};
 
-use crate::project::{Project, Sources};
+use crate::project::{Project, RunIn, Sources};
 use crate::{luajit, openssl, toolchain};
 
 /// Extra linker arguments read through a response file: empty for the plain binary, the
@@ -87,7 +87,7 @@ pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luaji
         .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "zlib", "modules", "{out}/tree/"])
         .command(".", ["cp", "nginx/objs/nginx", "{out}/sbin/nginx"])
         .command(".", ["strip", "--strip-all", "{out}/sbin/nginx"])
-        .run(&project.store)
+        .run_in(project)
 }
 
 /// Relinks the compiled objects with the Lua bytecode archive.
@@ -105,7 +105,7 @@ pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifac
         .command(".", ["mkdir", "-p", "{out}/sbin"])
         .command(".", ["cp", "nginx/objs/nginx", "{out}/sbin/nginx"])
         .command(".", ["strip", "--strip-all", "{out}/sbin/nginx"])
-        .run(&project.store)
+        .run_in(project)
 }
 
 fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact) -> repro::Step {

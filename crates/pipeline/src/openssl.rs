@@ -3,7 +3,7 @@
 
 use repro::{Artifact, Result};
 
-use crate::project::{Project, Sources};
+use crate::project::{Project, RunIn, Sources};
 use crate::toolchain;
 
 /// Where the libraries and headers land inside the step's output.
@@ -33,7 +33,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
         )
         .command("openssl", ["make", "-j2", "build_libs"])
         .command("openssl", ["make", "install_dev", "DESTDIR={out}"])
-        .run(&project.store)
+        .run_in(project)
 }
 
 /// PCRE 8 (lua-nginx-module 0.10.23 uses the PCRE1 API) with JIT and UTF-8: nginx's in-tree
@@ -58,5 +58,5 @@ pub fn build_pcre(project: &Project, sources: &Sources, toolchain: &Artifact) ->
         )
         .command("pcre", ["make", "-j2", "libpcre.la"])
         .command("pcre", ["make", "install-libLTLIBRARIES", "install-includeHEADERS", "install-nodist_includeHEADERS", "DESTDIR={out}"])
-        .run(&project.store)
+        .run_in(project)
 }

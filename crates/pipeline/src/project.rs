@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use repro::{fetch, Fetcher, Lockfile, Pin, Result, Store, Verified};
+use repro::{fetch, Artifact, Fetcher, Lockfile, Pin, Result, Step, Store, Verified};
 
 /// Overrides the store's location (default: the per-user cache directory).
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
@@ -14,6 +14,7 @@ pub struct Project {
     pub store: Store,
     fetcher: Fetcher,
     tool_versions: std::sync::OnceLock<String>,
+    ran: std::sync::Mutex<Vec<(Step, Artifact)>>,
 }
 
 impl Project {
@@ -31,7 +32,7 @@ impl Project {
     /// A checkout at `root` building into the store at `store_root`.
     pub fn with_store(root: PathBuf, store_root: PathBuf) -> Result<Project> {
         let fetcher = Fetcher::new(store_root.join("../fetch"));
-        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default() })
+        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), ran: Default::default() })
     }
 
     pub fn lockfile_path(&self) -> PathBuf {
@@ -58,6 +59,24 @@ impl Project {
                 .collect::<Vec<_>>()
                 .join("\n")
         })
+    }
+
+    /// Runs a step in the store, remembering it (see [`Project::steps_run`]).
+    pub fn run(&self, step: Step) -> Result<Artifact> {
+        self.run_with(step, |_, _| Ok(()))
+    }
+
+    /// [`Project::run`] with Rust code after the commands (see [`Step::run_with`]).
+    pub fn run_with(&self, step: Step, finish: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<Artifact> {
+        let recipe = step.clone();
+        let artifact = step.run_with(&self.store, finish)?;
+        self.ran.lock().unwrap().push((recipe, artifact.clone()));
+        Ok(artifact)
+    }
+
+    /// Every step run through this project so far, in order, with its output.
+    pub fn steps_run(&self) -> Vec<(Step, Artifact)> {
+        self.ran.lock().unwrap().clone()
     }
 
     /// Copies the tracked files and the verified vendor/ trees to `to`: a second checkout, for
@@ -118,5 +137,16 @@ pub struct Sources(pub Vec<Source>);
 impl Sources {
     pub fn get(&self, name: &str) -> Result<&Source> {
         self.0.iter().find(|s| s.pin.name == name).ok_or_else(|| repro::Error::new(format!("lockfiles/sources.toml has no pin named {name:?}")))
+    }
+}
+
+/// `step.run_in(project)`: the end of a recipe's builder chain (see [`Project::run`]).
+pub trait RunIn {
+    fn run_in(self, project: &Project) -> Result<Artifact>;
+}
+
+impl RunIn for Step {
+    fn run_in(self, project: &Project) -> Result<Artifact> {
+        project.run(self)
     }
 }

@@ -8,7 +8,7 @@
 
 use repro::{Artifact, Result, Step};
 
-use crate::project::{Project, Sources};
+use crate::project::{Project, RunIn, Sources};
 
 /// Where a step mounts the toolchain, relative to its build directory.
 pub const MOUNT: &str = "toolchain";
@@ -47,7 +47,7 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", prefix_map, "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
         .command("static-pie", ["ar", "rcsD", "{out}/lib/libstaticpie.a", "dl_find_object.o", "dlsym.o"])
         .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"])
-        .run(&project.store)
+        .run_in(project)
 }
 
 /// Puts the musl compiler on a step's PATH, its specs pointing at the toolchain under `root`

@@ -324,6 +324,54 @@ impl Step {
     }
 }
 
+impl Step {
+    /// The step as a plain bash script: the same copies, files and commands in the same
+    /// cleared environment, with no store, key or lock. `dep_dir` says where each dependency's
+    /// output is. Used to time the commands alone, and to show what a step does.
+    pub fn script(&self, build: &Path, out: &Path, dep_dir: impl Fn(&Artifact) -> PathBuf) -> String {
+        let expand = |s: &str| s.replace(BUILD_DIR, &build.to_string_lossy()).replace(OUT_DIR, &out.to_string_lossy());
+        let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
+        let mut sh = format!("# step {}\nrm -rf {b} {o}\nmkdir -p {b} {o}\n", self.name, b = q(&build.to_string_lossy()), o = q(&out.to_string_lossy()));
+        for (mount, src, _) in &self.sources {
+            let dest = q(&build.join(mount).to_string_lossy());
+            sh += &format!("mkdir -p {dest}\ncp -R {}/. {dest}\n", q(&src.to_string_lossy()));
+            sh += &format!("find {dest} -type f -exec touch -d @{COPY_MTIME_SECS} {{}} +\n");
+        }
+        for (mount, dep) in &self.deps {
+            let at = build.join(mount);
+            sh += &format!("mkdir -p {}\nln -s {} {}\n", q(&at.parent().unwrap().to_string_lossy()), q(&dep_dir(dep).to_string_lossy()), q(&at.to_string_lossy()));
+        }
+        for (rel, contents, exec) in &self.files {
+            let at = q(&build.join(rel).to_string_lossy());
+            sh += &format!("mkdir -p \"$(dirname {at})\"\n");
+            match std::str::from_utf8(contents) {
+                Ok(text) => sh += &format!("printf '%s' {} > {at}\n", q(&expand(text))),
+                Err(_) => write_hex_file(&mut sh, contents, &at),
+            }
+            if *exec {
+                sh += &format!("chmod 755 {at}\n");
+            }
+        }
+        for c in &self.commands {
+            let mut env: BTreeMap<String, String> = self.env.iter().map(|(k, v)| (k.clone(), expand(v))).collect();
+            env.extend(c.env.iter().map(|(k, v)| (k.clone(), expand(v))));
+            let env_words: Vec<String> = env.iter().map(|(k, v)| q(&format!("{k}={v}"))).collect();
+            let argv: Vec<String> = c.argv.iter().map(|a| q(&expand(a))).collect();
+            sh += &format!("(cd {} && env -i {} {})\n", q(&build.join(&c.cwd).to_string_lossy()), env_words.join(" "), argv.join(" "));
+        }
+        sh
+    }
+}
+
+/// Binary recipe files are written from hex, which needs nothing beyond printf.
+fn write_hex_file(sh: &mut String, contents: &[u8], at: &str) {
+    sh.push_str(&format!(": > {at}\n"));
+    for chunk in contents.chunks(4096) {
+        let escaped: String = chunk.iter().map(|b| format!("\\x{b:02x}")).collect();
+        sh.push_str(&format!("printf '{escaped}' >> {at}\n"));
+    }
+}
+
 struct StepFailure {
     step: String,
     what: String,
