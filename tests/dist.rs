@@ -282,3 +282,50 @@ fn a_second_dist_builds_nothing() {
     let built: Vec<_> = again.steps.iter().filter(|s| s.built).map(|s| s.name.clone()).collect();
     assert!(built.is_empty(), "rebuilt {built:?}");
 }
+
+#[test]
+fn two_dists_at_once_both_succeed_and_build_each_step_once() {
+    let first = e2e::dist();
+    let here = pipeline::Project::from_checkout().unwrap();
+    let tmp = temp_dir("twice");
+    // A private store holding (hard links to) the compiled steps, and a checkout whose Lua
+    // differs, so both runs below must build the bytecode, the embed link and the bundles.
+    let store = tmp.path().join("store");
+    fs::create_dir_all(&store).unwrap();
+    for step in first.steps.iter().filter(|s| ["toolchain", "luajit", "openssl", "pcre", "nginx"].contains(&s.name.as_str())) {
+        let status = Command::new("cp").arg("-al").arg(&step.path).arg(store.join(step.path.file_name().unwrap())).status().unwrap();
+        assert!(status.success());
+    }
+    let checkout = tmp.path().join("checkout");
+    here.copy_checkout(&checkout).unwrap();
+    let lua = checkout.join("lualib/resty/upstream/healthcheck.lua");
+    // Code, not a comment: stripped bytecode does not change with comments.
+    let text = format!("local _changed_for_the_concurrent_dist_test = true\n{}", fs::read_to_string(&lua).unwrap());
+    fs::write(&lua, text).unwrap();
+
+    let out = tmp.path().join("dist");
+    let runs: Vec<_> = (0..2)
+        .map(|_| {
+            let (checkout, store, out) = (checkout.clone(), store.clone(), out.clone());
+            std::thread::spawn(move || {
+                let project = pipeline::Project::with_store(checkout, store).unwrap();
+                pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(out) })
+            })
+        })
+        .collect();
+    let results: Vec<_> = runs.into_iter().map(|r| r.join().unwrap().unwrap_or_else(|e| panic!("{e}"))).collect();
+    for name in ["lua-bytecode", "nginx-embed", "bundle-embed", "bundle-lualib"] {
+        let built = results.iter().filter(|d| d.steps.iter().any(|s| s.name == name && s.built)).count();
+        assert_eq!(built, 1, "{name} is built by exactly one of the two runs");
+    }
+    for name in ["toolchain", "nginx"] {
+        assert!(results.iter().all(|d| d.steps.iter().any(|s| s.name == name && !s.built)), "{name} comes from the store");
+    }
+    let sums = fs::read_to_string(out.join("SHA256SUMS")).unwrap();
+    for bundle in &results[0].bundles {
+        let name = bundle.tarball.file_name().unwrap().to_string_lossy().into_owned();
+        assert!(sums.contains(&format!("{}  {name}", pipeline::dist::sha256_file(&bundle.tarball).unwrap())), "{sums}");
+    }
+    let changed = fs::read(&results[0].bundle("embed").binary).unwrap() != fs::read(&first.bundle("embed").binary).unwrap();
+    assert!(changed, "the changed Lua is embedded");
+}
