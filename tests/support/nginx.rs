@@ -141,14 +141,18 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        if let Some(child) = self.child.as_mut() {
-            // SIGQUIT lets workers finish; SIGKILL the master (workers die with it) if it hangs.
-            unsafe { libc_kill(child.id() as i32, 3) };
-            if self.wait(Duration::from_secs(5)).is_none() {
-                if let Some(child) = self.child.as_mut() {
-                    let _ = child.kill();
-                    let _ = child.wait();
-                }
+        let Some(master) = self.master_pid() else { return };
+        let workers = self.worker_pids();
+        // SIGQUIT lets workers finish; if the master hangs, SIGKILL it and its workers, which
+        // would otherwise outlive it holding the test's ports.
+        unsafe { libc_kill(master as i32, 3) };
+        if self.wait(Duration::from_secs(5)).is_none() {
+            for pid in workers {
+                unsafe { libc_kill(pid as i32, 9) };
+            }
+            if let Some(child) = self.child.as_mut() {
+                let _ = child.kill();
+                let _ = child.wait();
             }
         }
     }

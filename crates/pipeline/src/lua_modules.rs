@@ -89,7 +89,7 @@ fn requires(source: &str) -> Vec<(String, bool)> {
             let before = &rest[..at];
             let after = rest[at + "require".len()..].trim_start();
             rest = &rest[at + "require".len()..];
-            let word_start = before.chars().last().map_or(true, |c| !(c.is_alphanumeric() || c == '_' || c == '.'));
+            let word_start = before.chars().last().is_none_or(|c| !(c.is_alphanumeric() || c == '_' || c == '.'));
             if !word_start {
                 continue;
             }

@@ -94,7 +94,7 @@ impl Lockfile {
                 None => bail!("{}: missing string field `{key}`", at()),
             }
         };
-        let tree = string("tree")?.parse().context(|| at())?;
+        let tree = string("tree")?.parse().context(at)?;
         let mirrors = match table.get("mirrors").and_then(Item::as_array) {
             Some(array) => array
                 .iter()
