@@ -117,8 +117,6 @@ fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artif
         .input("openssl-layout", openssl::PREFIX)
         .env("LUAJIT_LIB", format!("{lj}/lib"))
         .env("LUAJIT_INC", format!("{lj}/include/luajit-2.1"))
-        // nginx passes CFLAGS through without recording it in `nginx -V`.
-        .env("CFLAGS", "-ffile-prefix-map={build}=/build")
 }
 
 fn find_archive(dir: &Path) -> Result<String> {

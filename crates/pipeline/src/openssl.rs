@@ -28,7 +28,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
                 "--openssldir=/etc/ssl",
                 "--libdir=lib",
                 &format!("CC={}", toolchain::CC),
-                "CFLAGS=-O2 -fPIE -fstack-protector-strong -ffile-prefix-map={build}=/build/openssl",
+                "CFLAGS=-O2 -fPIE -fstack-protector-strong",
             ],
         )
         .command("openssl", ["make", "-j2", "build_libs"])
@@ -53,7 +53,7 @@ pub fn build_pcre(project: &Project, sources: &Sources, toolchain: &Artifact) ->
                 "--enable-utf",
                 "--enable-unicode-properties",
                 &format!("CC={}", toolchain::CC),
-                "CFLAGS=-O2 -fPIE -fstack-protector-strong -ffile-prefix-map={build}=/build/pcre",
+                "CFLAGS=-O2 -fPIE -fstack-protector-strong",
             ],
         )
         .command("pcre", ["make", "-j2", "libpcre.la"])

@@ -44,7 +44,7 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         .command(".", ["mkdir", "-p", "{out}/kernel-headers", "{out}/lib"])
         .command("linux-headers", ["cp", "-R", "linux", "asm-generic", "{out}/kernel-headers/"])
         .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", "{out}/kernel-headers/asm"])
-        .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", prefix_map, "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
+        .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
         .command("static-pie", ["ar", "rcsD", "{out}/lib/libstaticpie.a", "dl_find_object.o", "dlsym.o"])
         .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"])
         .run_in(project)
@@ -57,7 +57,11 @@ pub fn with_compiler(step: Step, root: &str) -> Step {
         .replace("@MUSL_PREFIX@", root)
         .replace("@KERNEL_HEADERS@", &format!("{root}/kernel-headers"))
         .replace("@STATICPIE_LIB@", &format!("{root}/lib"));
-    let wrapper = WRAPPER_IN.replace("@HOST_CC@", "/usr/bin/gcc").replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs");
+    // The build directory is mapped here, in the compiler command, rather than in CFLAGS:
+    // OpenSSL records its CFLAGS in the binary (`OpenSSL_version(OPENSSL_CFLAGS)`).
+    let wrapper = WRAPPER_IN
+        .replace("@HOST_CC@", "/usr/bin/gcc")
+        .replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs -ffile-prefix-map={build}=/build");
     step.file("cc/x86_64-linux-musl.specs", specs, false)
         .file(format!("cc/bin/{CC}"), wrapper, true)
         .env("PATH", "{build}/cc/bin:/usr/local/bin:/usr/bin:/bin")
