@@ -5,13 +5,25 @@ use pipeline::{dist, Project};
 use repro::{Error, Result};
 
 #[derive(clap::Args)]
-pub struct Args {}
+pub struct Args {
+    /// Instead of build times: proxied requests per second through the seed configurations
+    /// (runs `cargo bench -p e2e --bench load`).
+    #[arg(long)]
+    load: bool,
+}
 
 /// Times a cold `dist` (empty store), a no-op `dist`, and `dist` after one `.lua` file changed,
 /// in a copy of the checkout so nothing here is touched. The floor is a plain bash script of the
 /// same copies and configure/make commands (written by [`repro::Step::script`]), run without the
 /// store, keys or locks.
-pub fn run(_: Args) -> Result<()> {
+pub fn run(args: Args) -> Result<()> {
+    if args.load {
+        let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
+        return duct::cmd(cargo, ["bench", "--package", "e2e", "--bench", "load"])
+            .run()
+            .map(drop)
+            .map_err(|e| Error::with_source("the load benchmark failed", e));
+    }
     let here = Project::from_checkout()?;
     let scratch = here.root.join("target/bench");
     let _ = fs::remove_dir_all(&scratch);
