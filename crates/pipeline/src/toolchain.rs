@@ -58,10 +58,12 @@ pub fn with_compiler(step: Step, root: &str) -> Step {
         .replace("@KERNEL_HEADERS@", &format!("{root}/kernel-headers"))
         .replace("@STATICPIE_LIB@", &format!("{root}/lib"));
     // The build directory is mapped here, in the compiler command, rather than in CFLAGS:
-    // OpenSSL records its CFLAGS in the binary (`OpenSSL_version(OPENSSL_CFLAGS)`).
+    // OpenSSL records its CFLAGS in the binary (`OpenSSL_version(OPENSSL_CFLAGS)`). Without
+    // -fno-canonical-system-headers gcc would record a system header by its real path (through
+    // the toolchain mount's symlink) whenever that path is shorter, and the map would miss it.
     let wrapper = WRAPPER_IN
         .replace("@HOST_CC@", "/usr/bin/gcc")
-        .replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs -ffile-prefix-map={build}=/build");
+        .replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs -ffile-prefix-map={build}=/build -fno-canonical-system-headers");
     step.file("cc/x86_64-linux-musl.specs", specs, false)
         .file(format!("cc/bin/{CC}"), wrapper, true)
         .env("PATH", "{build}/cc/bin:/usr/local/bin:/usr/bin:/bin")
