@@ -3,24 +3,12 @@
 //! file paths, in both bundle strategies.
 
 use std::collections::BTreeSet;
-use std::fs;
-use std::path::Path;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use e2e::backend::{Backend, Mode, TestCa};
-use e2e::{free_port, http, temp_dir, unpack_bundle, Nginx, Strategy};
+use e2e::{free_port, port_example, http, temp_dir, unpack_bundle, Nginx, Strategy};
 
-/// Reads a shipped example and ports it by string replacement only, asserting each
-/// replaced string occurs exactly once.
-fn port_example(root: &Path, name: &str, replacements: &[(&str, String)]) -> String {
-    let mut text = fs::read_to_string(root.join("conf/examples").join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-    for (from, to) in replacements {
-        assert_eq!(text.matches(from).count(), 1, "{from:?} occurs once in {name}");
-        text = text.replace(from, to);
-    }
-    text
-}
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; returns the time it took.
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {

@@ -21,7 +21,7 @@ use std::thread;
 use std::time::{Duration, Instant};
 
 use e2e::backend::TestCa;
-use e2e::{free_port, temp_dir, unpack_bundle, Nginx, Strategy};
+use e2e::{free_port, port_example, temp_dir, unpack_bundle, Nginx, Strategy};
 
 /// Discarded at the start of every run: connections open, LuaJIT and caches warm up, and the
 /// health checkers' first round (timer delay 0) happens here.
@@ -177,16 +177,6 @@ impl Pair<'_> {
 // Configurations
 // ---------------------------------------------------------------------------------------------
 
-/// Reads a shipped example from the unpacked bundle and ports it by string replacement only,
-/// asserting each replaced string occurs exactly once (as tests/seed_configs.rs does).
-fn port_example(root: &Path, name: &str, replacements: &[(&str, String)]) -> String {
-    let mut text = fs::read_to_string(root.join("conf/examples").join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
-    for (from, to) in replacements {
-        assert_eq!(text.matches(from).count(), 1, "{from:?} occurs once in {name}");
-        text = text.replace(from, to);
-    }
-    text
-}
 
 /// Removes the block that starts at the line containing `opening` (which ends in `{`) up to
 /// its matching `}`; the block's Lua contains no braces in strings, so counting them suffices.

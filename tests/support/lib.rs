@@ -90,3 +90,15 @@ pub fn unpack_bundle(strategy: Strategy, dir: &Path) -> PathBuf {
 pub fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
+
+/// Reads a shipped example configuration (`conf/examples/NAME` in an unpacked bundle) and
+/// ports it by string replacement only, each replaced string occurring exactly once: the
+/// seeds must run unchanged apart from addresses, ports and file paths.
+pub fn port_example(root: &Path, name: &str, replacements: &[(&str, String)]) -> String {
+    let mut text = std::fs::read_to_string(root.join("conf/examples").join(name)).unwrap_or_else(|e| panic!("read {name}: {e}"));
+    for (from, to) in replacements {
+        assert_eq!(text.matches(from).count(), 1, "{from:?} occurs once in {name}");
+        text = text.replace(from, to);
+    }
+    text
+}

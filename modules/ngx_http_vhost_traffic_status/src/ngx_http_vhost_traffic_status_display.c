@@ -489,14 +489,45 @@ ngx_http_vts_is_upstream(ngx_http_vts_entry_t *e)
 }
 
 
+/*
+ * The upstream time families differ only in name, help text, type, which
+ * sum they report and whether it is averaged over the requests.
+ */
+typedef struct {
+    const char                 *name;
+    const char                 *help;
+    const char                 *type;
+    size_t                      sum;       /* offset in ngx_http_vts_counters_t */
+    ngx_uint_t                  average;
+} ngx_http_vts_time_family_t;
+
+
+static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
+    { "nginx_vts_upstream_request_seconds_total",
+      "The request processing time including upstream in seconds",
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+    { "nginx_vts_upstream_request_seconds",
+      "The average of request processing times including upstream in seconds",
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+    { "nginx_vts_upstream_response_seconds_total",
+      "The only upstream response processing time in seconds",
+      "counter", offsetof(ngx_http_vts_counters_t, response_msec), 0 },
+    { "nginx_vts_upstream_response_seconds",
+      "The average of only upstream response processing times in seconds",
+      "gauge", offsetof(ngx_http_vts_counters_t, response_msec), 1 },
+};
+
+
 static void
 ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
 {
-    ngx_uint_t                i, k, nup;
-    ngx_str_t                 s;
-    ngx_http_vts_out_t       *out;
-    ngx_http_vts_entry_t     *e;
-    ngx_http_vts_snapshot_t  *snap;
+    uint64_t                     msec;
+    ngx_str_t                    s;
+    ngx_uint_t                   i, k, nup;
+    ngx_http_vts_out_t          *out;
+    ngx_http_vts_entry_t        *e;
+    ngx_http_vts_snapshot_t     *snap;
+    ngx_http_vts_time_family_t  *tf;
 
     out = pg->out;
     snap = pg->snap;
@@ -670,72 +701,41 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
 
-    ngx_http_vts_prom_family(out, "nginx_vts_upstream_request_seconds_total",
-                     "The request processing time including upstream "
-                     "in seconds", "counter");
+    for (k = 0; k < sizeof(ngx_http_vts_upstream_times)
+                    / sizeof(ngx_http_vts_upstream_times[0]); k++)
+    {
+        tf = &ngx_http_vts_upstream_times[k];
 
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
-            continue;
-        }
-
-        ngx_http_vts_prom_upstream_label(out,
-                            "nginx_vts_upstream_request_seconds_total", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_seconds(out, e->c.request_msec);
+        ngx_http_vts_out_str(out, "# HELP ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
+        ngx_http_vts_out_str(out, " ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->help, ngx_strlen(tf->help));
+        ngx_http_vts_out_str(out, "\n# TYPE ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
+        ngx_http_vts_out_str(out, " ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->type, ngx_strlen(tf->type));
         ngx_http_vts_out_str(out, "\n");
-    }
 
-    ngx_http_vts_prom_family(out, "nginx_vts_upstream_request_seconds",
-                     "The average of request processing times including "
-                     "upstream in seconds", "gauge");
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+            if (!ngx_http_vts_is_upstream(e)) {
+                continue;
+            }
 
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
-            continue;
+            msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
+
+            ngx_http_vts_prom_upstream_label(out, tf->name, e);
+            ngx_http_vts_out_str(out, "} ");
+
+            if (tf->average) {
+                ngx_http_vts_out_avg_seconds(out, msec, e->c.requests);
+
+            } else {
+                ngx_http_vts_out_seconds(out, msec);
+            }
+
+            ngx_http_vts_out_str(out, "\n");
         }
-
-        ngx_http_vts_prom_upstream_label(out,
-                                "nginx_vts_upstream_request_seconds", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_avg_seconds(out, e->c.request_msec, e->c.requests);
-        ngx_http_vts_out_str(out, "\n");
-    }
-
-    ngx_http_vts_prom_family(out, "nginx_vts_upstream_response_seconds_total",
-                     "The only upstream response processing time in seconds",
-                     "counter");
-
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
-            continue;
-        }
-
-        ngx_http_vts_prom_upstream_label(out,
-                            "nginx_vts_upstream_response_seconds_total", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_seconds(out, e->c.response_msec);
-        ngx_http_vts_out_str(out, "\n");
-    }
-
-    ngx_http_vts_prom_family(out, "nginx_vts_upstream_response_seconds",
-                     "The average of only upstream response processing "
-                     "times in seconds", "gauge");
-
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
-            continue;
-        }
-
-        ngx_http_vts_prom_upstream_label(out,
-                                "nginx_vts_upstream_response_seconds", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_avg_seconds(out, e->c.response_msec, e->c.requests);
-        ngx_http_vts_out_str(out, "\n");
     }
 }
 
