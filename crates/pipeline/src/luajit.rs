@@ -1,7 +1,7 @@
 //! OpenResty's LuaJIT, static for musl: `libluajit-5.1.a`, its headers, and a `luajit` that
 //! compiles bytecode for exactly that runtime.
 
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 
 use repro::{Artifact, Result};
 
@@ -84,10 +84,6 @@ impl Layout {
             .ok()
             .and_then(|d| d.flatten().map(|e| e.path()).find(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("luajit-"))))
             .unwrap_or_else(|| share.join("luajit-2.1.0-beta3"))
-    }
-
-    pub fn relative(&self, base: &Path) -> Option<PathBuf> {
-        self.root.strip_prefix(base).ok().map(Path::to_path_buf)
     }
 }
 

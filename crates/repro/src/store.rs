@@ -429,9 +429,4 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
     Ok(())
 }
 
-impl From<StepFailure> for Error {
-    fn from(f: StepFailure) -> Error {
-        Error::new(format!("build step `{}` failed: {}", f.step, f.what))
-    }
-}
 
