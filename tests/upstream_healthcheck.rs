@@ -898,3 +898,46 @@ fn healthcheck_ipv6_unix_peers_and_label_escaping() {
         drop(v6_server);
     }
 }
+
+#[test]
+fn healthcheck_concurrency_checks_many_peers_in_parallel() {
+    const PEERS: usize = 60;
+    const HANGING: usize = 30;
+    for strategy in Strategy::ALL {
+        let backends: Vec<Backend> = (0..PEERS).map(|i| Backend::http(&format!("peer{i}"))).collect();
+        let servers: String = backends.iter().map(|b| format!("server 127.0.0.1:{};\n", b.port())).collect();
+        let http_body = format!(
+            "    lua_shared_dict healthcheck 4m;\n    upstream big {{\n{servers}    }}\n    init_worker_by_lua_block {{\n{}\n    }}\n",
+            checker("big", "concurrency = 10,")
+        );
+        let running = start(strategy, "concurrency", &http_body);
+        // Half the peers hang past the 300 ms timeout. One at a time, a round would take
+        // 30 x 0.3 s = 9 s and turning them down (fall = 2) at least 18 s; ten light threads
+        // need about 3 x 0.3 s a round.
+        for b in &backends[..HANGING] {
+            b.set_mode(Mode::Hang);
+        }
+        let from = log_len(&running.nginx);
+        let started = Instant::now();
+        let all_down = loop {
+            let status = http::get(running.port, "/status").body;
+            let down = status.matches(" DOWN\n").count();
+            if down == HANGING {
+                break status;
+            }
+            assert!(started.elapsed() < Duration::from_secs(8), "{down} of {HANGING} peers down after {:?}:\n{status}", started.elapsed());
+            sleep(Duration::from_millis(50));
+        };
+        eprintln!("[{}] {HANGING} hanging peers of {PEERS} down after {:?}", strategy.name(), started.elapsed());
+        for b in &backends[..HANGING] {
+            assert!(all_down.contains(&format!("127.0.0.1:{} DOWN\n", b.port())), "{all_down}");
+        }
+        for b in &backends[HANGING..] {
+            assert!(all_down.contains(&format!("127.0.0.1:{} UP\n", b.port())), "{all_down}");
+        }
+        let log = running.nginx.error_log();
+        assert_eq!(log[from..].matches("is turned down after 2 failure(s)").count(), HANGING, "one warning per hanging peer");
+        assert_no_unexpected_errors(&running.nginx);
+        running.nginx.quit();
+    }
+}
