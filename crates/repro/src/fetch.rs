@@ -355,3 +355,22 @@ pub fn hash_mirror(mirror: &Mirror, fetcher: &Fetcher, scratch: &Path) -> Result
     let _ = fs::remove_dir_all(scratch);
     result
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn machine_sources_become_deb822_with_source_packages() {
+        let deb822 = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n\nTypes: deb\nURIs: http://off.invalid\nSuites: x\nEnabled: no\n";
+        assert_eq!(
+            deb822_stanzas(deb822),
+            ["Types: deb deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n"]
+        );
+        let list = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib\ndeb-src http://ignored.invalid x main\n";
+        assert_eq!(
+            one_line_stanzas(list),
+            ["Types: deb deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm\nComponents: main contrib\nSigned-By: /k.gpg\n"]
+        );
+    }
+}

@@ -15,7 +15,7 @@ use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use toml_edit::{value, Array, DocumentMut, InlineTable, Item, Table};
+use toml_edit::{Array, DocumentMut, InlineTable, Item, Table, TableLike};
 
 use crate::error::{bail, Context, Error, Result};
 use crate::tree::TreeHash;
@@ -122,16 +122,17 @@ impl Lockfile {
         let table = self.doc[name]
             .as_table_like_mut()
             .ok_or_else(|| Error::new(format!("{} [{name}]: must be a table", self.path.display())))?;
-        table.insert("version", value(version));
-        table.insert("tree", value(tree.to_string()));
+        set_value(table, "version", version.into());
+        set_value(table, "tree", tree.to_string().into());
         let mut mirrors = table.get("mirrors").and_then(Item::as_array).cloned().unwrap_or_else(Array::new);
         mirrors.retain(|m| m.as_inline_table().and_then(|t| parse_mirror(t, &base).ok()).as_ref() != Some(mirror));
         mirrors.insert_formatted(0, toml_edit::Value::InlineTable(mirror_table(mirror)));
         for m in mirrors.iter_mut() {
             m.decor_mut().set_prefix("\n  ");
         }
-        mirrors.set_trailing(",\n");
-        table.insert("mirrors", value(mirrors));
+        mirrors.set_trailing_comma(true);
+        mirrors.set_trailing("\n");
+        set_value(table, "mirrors", toml_edit::Value::Array(mirrors));
         Ok(())
     }
 
@@ -139,6 +140,22 @@ impl Lockfile {
         let tmp = self.path.with_extension("toml.tmp");
         fs::write(&tmp, self.doc.to_string()).context(|| format!("cannot write {}", tmp.display()))?;
         fs::rename(&tmp, &self.path).context(|| format!("cannot replace {}", self.path.display()))
+    }
+}
+
+/// Replaces a value keeping the comments and spacing around it (`insert` would drop them).
+fn set_value(table: &mut dyn TableLike, key: &str, new: toml_edit::Value) {
+    match table.get_mut(key) {
+        Some(item) => {
+            let decor = item.as_value().map(|v| v.decor().clone());
+            *item = Item::Value(new);
+            if let (Some(decor), Some(v)) = (decor, item.as_value_mut()) {
+                *v.decor_mut() = decor;
+            }
+        }
+        None => {
+            table.insert(key, Item::Value(new));
+        }
     }
 }
 
