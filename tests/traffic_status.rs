@@ -22,15 +22,17 @@ fn bundle(strategy: Strategy) -> (tempfile::TempDir, PathBuf) {
     (dir, root)
 }
 
-/// A complete nginx.conf with two workers around the given `http {}` body.
+/// A complete nginx.conf with two workers around the given `http {}` body. The Lua path
+/// matters only to the lualib bundle (lua-nginx-module loads resty.core at start).
 fn conf(http_body: &str) -> String {
+    let path = pipeline::dist::LUA_PACKAGE_PATH;
     format!(
         r#"worker_processes 2;
 error_log logs/error.log info;
 pid logs/nginx.pid;
 events {{ worker_connections 256; }}
 http {{
-    lua_package_path "$prefix/lualib/?.lua;$prefix/lualib/?/init.lua;;";
+    {path}
 {http_body}
 }}
 "#
@@ -766,83 +768,85 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
 /// 501 without a zone; configuration errors.
 #[test]
 fn serving_rules_formats_and_directive_errors() {
-    let (_dir, root) = bundle(Strategy::ALL[0]);
-    let port = free_port();
-    let body = format!(
-        r#"
-    vhost_traffic_status_zone;
-    server {{
-        listen 127.0.0.1:{port};
-        location /status {{ vhost_traffic_status_display; }}
-        location /prom {{ vhost_traffic_status_display; vhost_traffic_status_display_format prometheus; }}
-        location /page {{ vhost_traffic_status_display; vhost_traffic_status_display_format html; }}
-    }}"#
-    );
-    let nginx = Nginx::start(&root, &conf(&body), &[port]);
-
-    let ct = |path: &str| {
-        let r = http::get(port, path);
-        assert_eq!(r.status, 200, "{path}");
-        assert!(!r.body.is_empty(), "{path}");
-        r.header("Content-Type").unwrap_or_default().to_string()
-    };
-    assert_eq!(ct("/status"), "application/json");
-    assert_eq!(ct("/prom"), "text/plain");
-    assert_eq!(ct("/page"), "text/html");
-    assert_eq!(ct("/status/format/prometheus"), "text/plain");
-    assert_eq!(ct("/status/format/html"), "text/html");
-    assert_eq!(ct("/prom/format/json"), "application/json");
-    assert_eq!(ct("/page/format/prometheus"), "text/plain");
-    assert_eq!(ct("/status/format/prometheus/more"), "text/plain", "the suffix may be anywhere in the URI");
-    assert!(http::get(port, "/page").body.contains("<html"));
-
-    let j = Json::parse(&http::get(port, "/status").body);
-    assert_eq!(j.get("sharedZones").get("name").str(), "vhost_traffic_status", "default zone name");
-    assert_eq!(j.get("sharedZones").get("maxSize").u64(), 1024 * 1024, "default zone size");
-
-    let head = http::request(port, "HEAD", "/status/format/prometheus", &[]);
-    assert_eq!(head.status, 200);
-    assert!(head.body.is_empty(), "HEAD has no body");
-    assert_eq!(head.header("Content-Type"), Some("text/plain"));
-    let len: usize = head.header("Content-Length").expect("HEAD has Content-Length").parse().unwrap();
-    assert!(len > 500, "Content-Length {len}");
-    let get = http::get(port, "/status/format/prometheus");
-    assert_eq!(get.header("Content-Length").unwrap().parse::<usize>().unwrap(), get.body.len());
-
-    for method in ["POST", "PUT", "DELETE"] {
-        assert_eq!(http::request(port, method, "/status", &[("Content-Length", "0")]).status, 405, "{method}");
-    }
-    nginx.quit();
-
-    // the display without any zone: 501
-    let body = format!(
-        r#"
-    server {{
-        listen 127.0.0.1:{port};
-        location /status {{ vhost_traffic_status_display; }}
-    }}"#
-    );
-    let nginx = Nginx::start(&root, &conf(&body), &[port]);
-    assert_eq!(http::get(port, "/status").status, 501);
-    assert_eq!(http::request(port, "POST", "/status", &[("Content-Length", "0")]).status, 405);
-    nginx.quit();
-
-    // configuration errors
-    for (zone, message) in [
-        ("shared:x:abc", r#"invalid shared size "shared:x:abc""#),
-        ("shared:x:16k", r#"shared "shared:x:16k" is too small"#),
-        ("shared:x", r#"invalid shared size "shared:x""#),
-    ] {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let port = free_port();
         let body = format!(
             r#"
-    vhost_traffic_status_zone {zone};
-    server {{ listen 127.0.0.1:{port}; }}"#
+        vhost_traffic_status_zone;
+        server {{
+            listen 127.0.0.1:{port};
+            location /status {{ vhost_traffic_status_display; }}
+            location /prom {{ vhost_traffic_status_display; vhost_traffic_status_display_format prometheus; }}
+            location /page {{ vhost_traffic_status_display; vhost_traffic_status_display_format html; }}
+        }}"#
         );
-        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
-            Ok(_) => panic!("nginx started with vhost_traffic_status_zone {zone}"),
-            Err(e) => e,
+        let nginx = Nginx::start(&root, &conf(&body), &[port]);
+
+        let ct = |path: &str| {
+            let r = http::get(port, path);
+            assert_eq!(r.status, 200, "{path}");
+            assert!(!r.body.is_empty(), "{path}");
+            r.header("Content-Type").unwrap_or_default().to_string()
         };
-        assert!(err.contains(message), "{zone}: expected {message:?} in:\n{err}");
+        assert_eq!(ct("/status"), "application/json");
+        assert_eq!(ct("/prom"), "text/plain");
+        assert_eq!(ct("/page"), "text/html");
+        assert_eq!(ct("/status/format/prometheus"), "text/plain");
+        assert_eq!(ct("/status/format/html"), "text/html");
+        assert_eq!(ct("/prom/format/json"), "application/json");
+        assert_eq!(ct("/page/format/prometheus"), "text/plain");
+        assert_eq!(ct("/status/format/prometheus/more"), "text/plain", "the suffix may be anywhere in the URI");
+        assert!(http::get(port, "/page").body.contains("<html"));
+
+        let j = Json::parse(&http::get(port, "/status").body);
+        assert_eq!(j.get("sharedZones").get("name").str(), "vhost_traffic_status", "default zone name");
+        assert_eq!(j.get("sharedZones").get("maxSize").u64(), 1024 * 1024, "default zone size");
+
+        let head = http::request(port, "HEAD", "/status/format/prometheus", &[]);
+        assert_eq!(head.status, 200);
+        assert!(head.body.is_empty(), "HEAD has no body");
+        assert_eq!(head.header("Content-Type"), Some("text/plain"));
+        let len: usize = head.header("Content-Length").expect("HEAD has Content-Length").parse().unwrap();
+        assert!(len > 500, "Content-Length {len}");
+        let get = http::get(port, "/status/format/prometheus");
+        assert_eq!(get.header("Content-Length").unwrap().parse::<usize>().unwrap(), get.body.len());
+
+        for method in ["POST", "PUT", "DELETE"] {
+            assert_eq!(http::request(port, method, "/status", &[("Content-Length", "0")]).status, 405, "{method}");
+        }
+        nginx.quit();
+
+        // the display without any zone: 501
+        let body = format!(
+            r#"
+        server {{
+            listen 127.0.0.1:{port};
+            location /status {{ vhost_traffic_status_display; }}
+        }}"#
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port]);
+        assert_eq!(http::get(port, "/status").status, 501);
+        assert_eq!(http::request(port, "POST", "/status", &[("Content-Length", "0")]).status, 405);
+        nginx.quit();
+
+        // configuration errors
+        for (zone, message) in [
+            ("shared:x:abc", r#"invalid shared size "shared:x:abc""#),
+            ("shared:x:16k", r#"shared "shared:x:16k" is too small"#),
+            ("shared:x", r#"invalid shared size "shared:x""#),
+        ] {
+            let body = format!(
+                r#"
+        vhost_traffic_status_zone {zone};
+        server {{ listen 127.0.0.1:{port}; }}"#
+            );
+            let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
+                Ok(_) => panic!("nginx started with vhost_traffic_status_zone {zone}"),
+                Err(e) => e,
+            };
+            assert!(err.contains(message), "{zone}: expected {message:?} in:\n{err}");
+        }
     }
 }
 
@@ -944,34 +948,36 @@ fn prometheus_output_merges_into_metrics_via_capture() {
 /// break either format.
 #[test]
 fn hosts_are_escaped_in_both_formats() {
-    let (_dir, root) = bundle(Strategy::ALL[0]);
-    let (port, status_port) = (free_port(), free_port());
-    let body = format!(
-        r#"
-    vhost_traffic_status_zone;
-    vhost_traffic_status_filter_by_host on;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "ok\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{status_port};
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}"#
-    );
-    let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
-    let hosts = [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "MiXeD.Example"];
-    for host in hosts {
-        assert_eq!(get_host(port, host, "/").status, 200, "{host}");
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port) = (free_port(), free_port());
+        let body = format!(
+            r#"
+        vhost_traffic_status_zone;
+        vhost_traffic_status_filter_by_host on;
+        server {{
+            listen 127.0.0.1:{port};
+            location / {{ return 200 "ok\n"; }}
+        }}
+        server {{
+            listen 127.0.0.1:{status_port};
+            vhost_traffic_status off;
+            location /status {{ vhost_traffic_status_display; }}
+        }}"#
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+        let hosts = [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "MiXeD.Example"];
+        for host in hosts {
+            assert_eq!(get_host(port, host, "/").status, 200, "{host}");
+        }
+        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+        for host in [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "mixed.example"] {
+            assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", host), ("code", "2xx")]), 1, "{host}");
+            assert_eq!(j.get("serverZones").get(host).get("requestCounter").u64(), 1, "{host}");
+        }
+        nginx.quit();
     }
-    let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
-    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-    for host in [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "mixed.example"] {
-        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", host), ("code", "2xx")]), 1, "{host}");
-        assert_eq!(j.get("serverZones").get(host).get("requestCounter").u64(), 1, "{host}");
-    }
-    nginx.quit();
 }
 
 /// A zone too small for all keys: every request is still served, the sum zone keeps counting,
@@ -979,48 +985,50 @@ fn hosts_are_escaped_in_both_formats() {
 /// counters also survive a reload.
 #[test]
 fn full_zone_keeps_serving_and_counters_survive_reload() {
-    let (_dir, root) = bundle(Strategy::ALL[0]);
-    let (port, status_port) = (free_port(), free_port());
-    let body = format!(
-        r#"
-    vhost_traffic_status_zone shared:small:32k;
-    vhost_traffic_status_filter_by_host on;
-    server {{
-        listen 127.0.0.1:{port};
-        location / {{ return 200 "ok\n"; }}
-    }}
-    server {{
-        listen 127.0.0.1:{status_port};
-        vhost_traffic_status off;
-        location /status {{ vhost_traffic_status_display; }}
-    }}"#
-    );
-    let mut nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
-    let hosts: Vec<String> = (0..400).map(|i| format!("host{i:04}.example")).collect();
-    let plan: Vec<(&str, &str)> = hosts.iter().map(|h| (h.as_str(), "/")).collect();
-    let statuses = run_plan(port, &plan, 6);
-    assert!(statuses.iter().all(|&s| s == 200), "every request is served: {statuses:?}");
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port) = (free_port(), free_port());
+        let body = format!(
+            r#"
+        vhost_traffic_status_zone shared:small:32k;
+        vhost_traffic_status_filter_by_host on;
+        server {{
+            listen 127.0.0.1:{port};
+            location / {{ return 200 "ok\n"; }}
+        }}
+        server {{
+            listen 127.0.0.1:{status_port};
+            vhost_traffic_status off;
+            location /status {{ vhost_traffic_status_display; }}
+        }}"#
+        );
+        let mut nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+        let hosts: Vec<String> = (0..400).map(|i| format!("host{i:04}.example")).collect();
+        let plan: Vec<(&str, &str)> = hosts.iter().map(|h| (h.as_str(), "/")).collect();
+        let statuses = run_plan(port, &plan, 6);
+        assert!(statuses.iter().all(|&s| s == 200), "every request is served: {statuses:?}");
 
-    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-    let zones = j.get("serverZones");
-    assert_eq!(zones.get("*").get("requestCounter").u64(), 400, "the sum zone counts everything");
-    let kept = zones.keys().len() - 1;
-    assert!(kept > 10 && kept < 400, "the zone filled up after {kept} hosts");
-    assert_eq!(j.get("sharedZones").get("usedNode").u64(), kept as u64 + 1);
-    let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
-    assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "*"), ("code", "total")]), 400);
+        let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+        let zones = j.get("serverZones");
+        assert_eq!(zones.get("*").get("requestCounter").u64(), 400, "the sum zone counts everything");
+        let kept = zones.keys().len() - 1;
+        assert!(kept > 10 && kept < 400, "the zone filled up after {kept} hosts");
+        assert_eq!(j.get("sharedZones").get("usedNode").u64(), kept as u64 + 1);
+        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "*"), ("code", "total")]), 400);
 
-    let log = nginx.error_log();
-    let full = log.lines().filter(|l| l.contains("[error]") && l.contains("is full")).count();
-    assert!((1..=2).contains(&full), "logged once per worker, got {full}:\n{log}");
-    assert!(!log.contains("[crit]") && !log.contains("[alert]") && !log.contains("exited on signal"), "{log}");
+        let log = nginx.error_log();
+        let full = log.lines().filter(|l| l.contains("[error]") && l.contains("is full")).count();
+        assert!((1..=2).contains(&full), "logged once per worker, got {full}:\n{log}");
+        assert!(!log.contains("[crit]") && !log.contains("[alert]") && !log.contains("exited on signal"), "{log}");
 
-    // a reload with the same zone keeps the counters
-    nginx.reload(&conf(&body));
-    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-    assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 400);
-    assert_eq!(get_host(port, "host0000.example", "/").status, 200);
-    let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-    assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 401);
-    nginx.quit();
+        // a reload with the same zone keeps the counters
+        nginx.reload(&conf(&body));
+        let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+        assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 400);
+        assert_eq!(get_host(port, "host0000.example", "/").status, 200);
+        let j = Json::parse(&http::get(status_port, "/status/format/json").body);
+        assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 401);
+        nginx.quit();
+    }
 }

@@ -490,8 +490,9 @@ ngx_http_vts_is_upstream(ngx_http_vts_entry_t *e)
 
 
 /*
- * The upstream time families differ only in name, help text, type, which
- * sum they report and whether it is averaged over the requests.
+ * The time families of server and upstream zones differ only in name, help
+ * text, type, which sum they report and whether it is averaged over the
+ * requests.
  */
 typedef struct {
     const char                 *name;
@@ -518,16 +519,81 @@ static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
 };
 
 
+static ngx_http_vts_time_family_t  ngx_http_vts_server_times[] = {
+    { "nginx_vts_server_request_seconds_total",
+      "The request processing time in seconds",
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+    { "nginx_vts_server_request_seconds",
+      "The average of request processing times in seconds",
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+};
+
+
+static void
+ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
+    ngx_http_vts_time_family_t *families, ngx_uint_t n, ngx_uint_t upstream)
+{
+    uint64_t                     msec;
+    ngx_uint_t                   i, k;
+    ngx_http_vts_entry_t        *e;
+    ngx_http_vts_time_family_t  *tf;
+
+    for (k = 0; k < n; k++) {
+        tf = &families[k];
+
+        ngx_http_vts_out_str(out, "# HELP ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
+        ngx_http_vts_out_str(out, " ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->help, ngx_strlen(tf->help));
+        ngx_http_vts_out_str(out, "\n# TYPE ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
+        ngx_http_vts_out_str(out, " ");
+        ngx_http_vts_out_raw(out, (u_char *) tf->type, ngx_strlen(tf->type));
+        ngx_http_vts_out_str(out, "\n");
+
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+
+            if (upstream) {
+                if (!ngx_http_vts_is_upstream(e)) {
+                    continue;
+                }
+
+                ngx_http_vts_prom_upstream_label(out, tf->name, e);
+
+            } else {
+                if (!ngx_http_vts_is_server(e)) {
+                    continue;
+                }
+
+                ngx_http_vts_prom_server_label(out, tf->name, e);
+            }
+
+            msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
+
+            ngx_http_vts_out_str(out, "} ");
+
+            if (tf->average) {
+                ngx_http_vts_out_avg_seconds(out, msec, e->c.requests);
+
+            } else {
+                ngx_http_vts_out_seconds(out, msec);
+            }
+
+            ngx_http_vts_out_str(out, "\n");
+        }
+    }
+}
+
+
 static void
 ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
 {
-    uint64_t                     msec;
-    ngx_str_t                    s;
-    ngx_uint_t                   i, k, nup;
-    ngx_http_vts_out_t          *out;
-    ngx_http_vts_entry_t        *e;
-    ngx_http_vts_snapshot_t     *snap;
-    ngx_http_vts_time_family_t  *tf;
+    ngx_str_t                 s;
+    ngx_uint_t                i, k, nup;
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_entry_t     *e;
+    ngx_http_vts_snapshot_t  *snap;
 
     out = pg->out;
     snap = pg->snap;
@@ -614,39 +680,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
 
-    ngx_http_vts_prom_family(out, "nginx_vts_server_request_seconds_total",
-                             "The request processing time in seconds",
-                             "counter");
-
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_server(e)) {
-            continue;
-        }
-
-        ngx_http_vts_prom_server_label(out,
-                              "nginx_vts_server_request_seconds_total", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_seconds(out, e->c.request_msec);
-        ngx_http_vts_out_str(out, "\n");
-    }
-
-    ngx_http_vts_prom_family(out, "nginx_vts_server_request_seconds",
-                     "The average of request processing times in seconds",
-                     "gauge");
-
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_server(e)) {
-            continue;
-        }
-
-        ngx_http_vts_prom_server_label(out,
-                                    "nginx_vts_server_request_seconds", e);
-        ngx_http_vts_out_str(out, "} ");
-        ngx_http_vts_out_avg_seconds(out, e->c.request_msec, e->c.requests);
-        ngx_http_vts_out_str(out, "\n");
-    }
+    ngx_http_vts_prom_times(out, snap, ngx_http_vts_server_times,
+                            sizeof(ngx_http_vts_server_times)
+                            / sizeof(ngx_http_vts_server_times[0]), 0);
 
     /* upstream zones */
 
@@ -701,42 +737,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
 
-    for (k = 0; k < sizeof(ngx_http_vts_upstream_times)
-                    / sizeof(ngx_http_vts_upstream_times[0]); k++)
-    {
-        tf = &ngx_http_vts_upstream_times[k];
-
-        ngx_http_vts_out_str(out, "# HELP ");
-        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
-        ngx_http_vts_out_str(out, " ");
-        ngx_http_vts_out_raw(out, (u_char *) tf->help, ngx_strlen(tf->help));
-        ngx_http_vts_out_str(out, "\n# TYPE ");
-        ngx_http_vts_out_raw(out, (u_char *) tf->name, ngx_strlen(tf->name));
-        ngx_http_vts_out_str(out, " ");
-        ngx_http_vts_out_raw(out, (u_char *) tf->type, ngx_strlen(tf->type));
-        ngx_http_vts_out_str(out, "\n");
-
-        for (i = 0; i < snap->nentries; i++) {
-            e = &snap->entries[i];
-            if (!ngx_http_vts_is_upstream(e)) {
-                continue;
-            }
-
-            msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
-
-            ngx_http_vts_prom_upstream_label(out, tf->name, e);
-            ngx_http_vts_out_str(out, "} ");
-
-            if (tf->average) {
-                ngx_http_vts_out_avg_seconds(out, msec, e->c.requests);
-
-            } else {
-                ngx_http_vts_out_seconds(out, msec);
-            }
-
-            ngx_http_vts_out_str(out, "\n");
-        }
-    }
+    ngx_http_vts_prom_times(out, snap, ngx_http_vts_upstream_times,
+                            sizeof(ngx_http_vts_upstream_times)
+                            / sizeof(ngx_http_vts_upstream_times[0]), 1);
 }
 
 
