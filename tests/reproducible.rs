@@ -1,18 +1,36 @@
 //! Two checkouts in different directories, each with its own empty store, produce the same
-//! tarball bytes. This is a second cold build: it takes minutes.
+//! tarball bytes, although the second gets its sources from an imported export rather than a
+//! mirror. This is a second cold build: it takes minutes.
 
 use e2e::temp_dir;
 
 #[test]
-fn a_second_checkout_with_its_own_store_produces_identical_tarballs() {
+fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_identical_tarballs() {
     let first = e2e::dist();
     let here = pipeline::Project::from_checkout().unwrap();
     let tmp = temp_dir("reproducible");
+    let export = tmp.path().join("sources.tar");
+    let trees: Vec<_> = here.lockfile().unwrap().pins().unwrap().iter().map(|p| p.tree).collect();
+    here.fetcher().source_cache().unwrap().export(&trees, &export).unwrap_or_else(|e| panic!("{e}"));
+
     let checkout = tmp.path().join("a/much/longer/path/to/another-checkout");
     here.copy_checkout(&checkout).unwrap();
-    let project = pipeline::Project::with_store(checkout.clone(), tmp.path().join("other-store")).unwrap();
-    let second = pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(tmp.path().join("dist")) })
-        .unwrap_or_else(|e| panic!("{e}"));
+    std::fs::remove_dir_all(checkout.join("vendor")).unwrap();
+    // The only Debian archive this checkout may use is an empty one; the upstream URLs are
+    // unreachable here anyway. Every source must come from the import.
+    let apt_sources = e2e::empty_apt_repository(&tmp.path().join("empty-repo"));
+    let project = pipeline::Project::with_store(checkout.clone(), tmp.path().join("other-store"))
+        .unwrap()
+        .with_apt_sources(tmp.path().join("apt-state"), vec![apt_sources]);
+    let imported = project.fetcher().source_cache().unwrap().import(&export).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(imported.len(), trees.len());
+
+    let out = tmp.path().join("dist");
+    let second = pipeline::dist::build(&project, &pipeline::dist::Options { offline: false, out_dir: Some(out.clone()) }).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(project.fetcher().commands(), Vec::<String>::new(), "no mirror was asked for anything");
+    let origins = std::fs::read_to_string(out.join(pipeline::dist::ORIGINS_FILE)).unwrap();
+    assert_eq!(origins.matches(repro::vendor::FROM_CACHE).count(), trees.len(), "{origins}");
+
     assert!(second.steps.iter().all(|s| s.built), "the second build shares nothing with the first");
     for strategy in pipeline::dist::STRATEGIES {
         let (a, b) = (first.bundle(strategy), second.bundle(strategy));

@@ -73,13 +73,7 @@ pub fn temp_dir(label: &str) -> tempfile::TempDir {
 /// Unpacks the bundle of `strategy` into `dir` (as a user would: `tar -xzf`), returning the
 /// bundle's root (`conf/ sbin/ ...`).
 pub fn unpack_bundle(strategy: Strategy, dir: &Path) -> PathBuf {
-    let status = std::process::Command::new("tar")
-        .arg("-xzf")
-        .arg(tarball(strategy))
-        .arg("-C")
-        .arg(dir)
-        .status()
-        .expect("run tar");
+    let status = std::process::Command::new("tar").arg("-xzf").arg(tarball(strategy)).arg("-C").arg(dir).status().expect("run tar");
     assert!(status.success(), "tar -xzf {} failed", tarball(strategy).display());
     let mut roots: Vec<_> = std::fs::read_dir(dir).unwrap().map(|e| e.unwrap().path()).filter(|p| p.is_dir()).collect();
     assert_eq!(roots.len(), 1, "a bundle unpacks to one directory");
@@ -101,4 +95,19 @@ pub fn port_example(root: &Path, name: &str, replacements: &[(&str, String)]) ->
         text = text.replace(from, to);
     }
     text
+}
+
+/// An apt repository with empty indexes at `dir` (built with apt-ftparchive), and a sources
+/// list naming only it: a Debian mirror that has nothing.
+pub fn empty_apt_repository(dir: &Path) -> PathBuf {
+    std::fs::create_dir_all(dir).unwrap();
+    std::fs::write(dir.join("Sources"), "").unwrap();
+    std::fs::write(dir.join("Packages"), "").unwrap();
+    let release =
+        std::process::Command::new("apt-ftparchive").args(["release", "."]).current_dir(dir).output().expect("run apt-ftparchive (Debian's apt-utils)");
+    assert!(release.status.success(), "apt-ftparchive release failed");
+    std::fs::write(dir.join("Release"), release.stdout).unwrap();
+    let list = dir.join("sources.list");
+    std::fs::write(&list, format!("deb [trusted=yes] file:{} ./\n", dir.display())).unwrap();
+    list
 }

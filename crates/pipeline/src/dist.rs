@@ -78,6 +78,7 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     }
     let sha256sums = out_dir.join("SHA256SUMS");
     write_atomic(&sha256sums, sums.as_bytes())?;
+    write_atomic(&out_dir.join(ORIGINS_FILE), source_origins(&sources).as_bytes())?;
     Ok(Dist { bundles, sha256sums, steps, lua_modules: modules })
 }
 
@@ -177,16 +178,16 @@ fn provenance(project: &Project, sources: &Sources, strategy: &str, modules: &[M
     let mut t = String::new();
     let q = |s: &str| format!("{s:?}");
     let _ = writeln!(t, "# How this bundle was built: every input, by hash.\n");
-    let _ = writeln!(t, "[bundle]\nproject = {}\nversion = {}\nstrategy = {}\ntarget = {}\nsource_date_epoch = {SOURCE_DATE_EPOCH}\n", q(PROJECT), q(env!("CARGO_PKG_VERSION")), q(strategy), q(TARGET));
+    let _ = writeln!(
+        t,
+        "[bundle]\nproject = {}\nversion = {}\nstrategy = {}\ntarget = {}\nsource_date_epoch = {SOURCE_DATE_EPOCH}\n",
+        q(PROJECT),
+        q(env!("CARGO_PKG_VERSION")),
+        q(strategy),
+        q(TARGET)
+    );
     for s in &sources.0 {
-        let _ = writeln!(
-            t,
-            "[[source]]\nname = {}\nversion = {}\ntree = {}\nmirror = {}\n",
-            q(&s.pin.name),
-            q(&s.pin.version),
-            q(&s.pin.tree.to_string()),
-            q(s.verified.origin.as_deref().unwrap_or("unknown"))
-        );
+        let _ = writeln!(t, "[[source]]\nname = {}\nversion = {}\ntree = {}\n", q(&s.pin.name), q(&s.pin.version), q(&s.pin.tree.to_string()),);
     }
     let _ = writeln!(t, "[tools]");
     for line in project.tool_versions().lines() {
@@ -197,12 +198,34 @@ fn provenance(project: &Project, sources: &Sources, strategy: &str, modules: &[M
     let modules_dirs: Vec<String> = nginx::project_modules(project)?.into_iter().map(|(n, _)| n).collect();
     let args: Vec<String> = nginx::configure_args(&modules_dirs).iter().map(|a| q(a)).collect();
     let _ = writeln!(t, "\n[nginx]\nconfigure = [\n  {},\n]\n", args.join(",\n  "));
-    let _ = writeln!(t, "[lua]\nstrategy = {}\nmodules = [\n  {},\n]\n", q(if strategy == "embed" { "bytecode linked into sbin/nginx" } else { "files under lualib/" }), modules.iter().map(|m| q(&m.name)).collect::<Vec<_>>().join(",\n  "));
+    let _ = writeln!(
+        t,
+        "[lua]\nstrategy = {}\nmodules = [\n  {},\n]\n",
+        q(if strategy == "embed" { "bytecode linked into sbin/nginx" } else { "files under lualib/" }),
+        modules.iter().map(|m| q(&m.name)).collect::<Vec<_>>().join(",\n  ")
+    );
     let _ = writeln!(t, "[steps]");
     for s in steps {
         let _ = writeln!(t, "{} = {}", q(&s.name), q(&s.key));
     }
     Ok(t)
+}
+
+/// Beside the tarballs, not in them: where this machine got each source. Two builders whose
+/// sources came from different mirrors (or from the source cache) get the same tarballs.
+pub const ORIGINS_FILE: &str = "SOURCE-ORIGINS.toml";
+
+fn source_origins(sources: &Sources) -> String {
+    let mut doc = toml_edit::DocumentMut::new();
+    doc.decor_mut().set_prefix("# Where this build's sources came from on this machine (not part of any bundle).\n");
+    for s in &sources.0 {
+        let mut table = toml_edit::Table::new();
+        table.insert("version", toml_edit::value(s.pin.version.as_str()));
+        table.insert("tree", toml_edit::value(s.pin.tree.to_string()));
+        table.insert("origin", toml_edit::value(s.verified.origin.as_deref().unwrap_or("unknown (vendored before origins were recorded)")));
+        doc.insert(&s.pin.name, toml_edit::Item::Table(table));
+    }
+    doc.to_string()
 }
 
 fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {

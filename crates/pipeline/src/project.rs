@@ -2,7 +2,7 @@
 
 use std::path::{Path, PathBuf};
 
-use repro::{fetch, Artifact, Fetcher, Lockfile, Pin, Result, Step, Store, Verified};
+use repro::{vendor, Artifact, Fetcher, Lockfile, Pin, Result, SourceCache, Step, Store, Verified};
 
 /// Overrides the store's location (default: the per-user cache directory).
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
@@ -31,8 +31,15 @@ impl Project {
 
     /// A checkout at `root` building into the store at `store_root`.
     pub fn with_store(root: PathBuf, store_root: PathBuf) -> Result<Project> {
-        let fetcher = Fetcher::new(store_root.join("../fetch"));
+        let fetcher = Fetcher::new(store_root.join("../fetch")).with_source_cache(SourceCache::at(store_root.join("sources")));
         Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), ran: Default::default() })
+    }
+
+    /// Reads Debian archives from these apt source files instead of the machine's, keeping
+    /// apt's state for them in `state_dir`.
+    pub fn with_apt_sources(mut self, state_dir: PathBuf, sources: Vec<PathBuf>) -> Project {
+        self.fetcher = self.fetcher.with_apt_sources(state_dir, sources);
+        self
     }
 
     pub fn lockfile_path(&self) -> PathBuf {
@@ -82,10 +89,7 @@ impl Project {
     /// Copies the tracked files and the verified vendor/ trees to `to`: a second checkout, for
     /// benchmarks and reproducibility checks that must not touch this one.
     pub fn copy_checkout(&self, to: &Path) -> Result<()> {
-        let files = duct::cmd("git", ["ls-files", "-z"])
-            .dir(&self.root)
-            .read()
-            .map_err(|e| repro::Error::with_source("git ls-files failed", e))?;
+        let files = duct::cmd("git", ["ls-files", "-z"]).dir(&self.root).read().map_err(|e| repro::Error::with_source("git ls-files failed", e))?;
         for rel in files.split('\0').filter(|f| !f.is_empty()) {
             let dest = to.join(rel);
             std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| repro::Error::with_source(format!("cannot create {}", dest.display()), e))?;
@@ -99,7 +103,7 @@ impl Project {
         let pins = self.lockfile()?.pins()?;
         let mut all = Vec::new();
         for pin in pins {
-            let verified = fetch::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
+            let verified = vendor::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
             all.push(Source { pin, verified });
         }
         Ok(Sources(all))
@@ -112,7 +116,7 @@ impl Project {
     /// The verified tree of one pin, fetched unless `offline`.
     pub fn source(&self, name: &str, offline: bool) -> Result<Source> {
         let pin = self.lockfile()?.pin(name)?;
-        let verified = fetch::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
+        let verified = vendor::vendor(&pin, &self.vendor_dir(), &self.fetcher, offline)?;
         Ok(Source { pin, verified })
     }
 }

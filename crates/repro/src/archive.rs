@@ -75,14 +75,12 @@ fn unpack_tar(reader: impl Read, dest: &Path, what: &str) -> Result<usize> {
         if matches!(kind, tar::EntryType::XGlobalHeader | tar::EntryType::XHeader) {
             continue;
         }
-        let rel = safe_relative(&raw_path)
-            .map_err(|why| Error::new(format!("{what}: refusing entry {}: {why}", raw_path.display())))?;
+        let rel = safe_relative(&raw_path).map_err(|why| Error::new(format!("{what}: refusing entry {}: {why}", raw_path.display())))?;
         if rel.as_os_str().is_empty() {
             continue;
         }
         let target = dest.join(&rel);
-        refuse_symlinked_parents(dest, &rel)
-            .map_err(|why| Error::new(format!("{what}: refusing entry {}: {why}", raw_path.display())))?;
+        refuse_symlinked_parents(dest, &rel).map_err(|why| Error::new(format!("{what}: refusing entry {}: {why}", raw_path.display())))?;
         let io_context = || format!("{what}: cannot unpack {}", raw_path.display());
         match kind {
             tar::EntryType::Directory => fs::create_dir_all(&target).context(io_context)?,
@@ -105,9 +103,8 @@ fn unpack_tar(reader: impl Read, dest: &Path, what: &str) -> Result<usize> {
             }
             tar::EntryType::Link => {
                 let link = entry.link_name().context(io_context)?.ok_or_else(|| Error::new(io_context()))?;
-                let source = safe_relative(&link).map_err(|why| {
-                    Error::new(format!("{what}: refusing hard link {} -> {}: {why}", raw_path.display(), link.display()))
-                })?;
+                let source = safe_relative(&link)
+                    .map_err(|why| Error::new(format!("{what}: refusing hard link {} -> {}: {why}", raw_path.display(), link.display())))?;
                 create_parent(&target)?;
                 fs::copy(dest.join(source), &target).context(io_context)?;
             }
@@ -181,10 +178,15 @@ fn refuse_escaping_symlinks(canonical_root: &Path, dir: &Path, what: &str) -> Re
 /// owner 0, modes 0755/0644 by the executable bit, every time `mtime`, gzip header without
 /// name or time. Written to a temporary file and renamed, so readers never see half of it.
 pub fn write_tar_gz(dir: &Path, top: &str, out: &Path, mtime: u64) -> Result<()> {
+    write_tar_gz_level(dir, top, out, mtime, 9)
+}
+
+/// [`write_tar_gz`] with gzip compression `level` (0-9).
+pub fn write_tar_gz_level(dir: &Path, top: &str, out: &Path, mtime: u64, level: u32) -> Result<()> {
     let tmp = out.with_extension(format!("tmp{}", std::process::id()));
     let result = (|| {
         let file = fs::File::create(&tmp).context(|| format!("cannot create {}", tmp.display()))?;
-        let gz = flate2::GzBuilder::new().mtime(0).write(file, flate2::Compression::best());
+        let gz = flate2::GzBuilder::new().mtime(0).write(file, flate2::Compression::new(level));
         let mut tar = tar::Builder::new(gz);
         tar.mode(tar::HeaderMode::Deterministic);
         append_sorted(&mut tar, dir, Path::new(top), mtime)?;

@@ -1,79 +1,228 @@
-//! Getting an archive from a mirror, and turning a pin into a verified tree on disk.
+//! Turning a mirror into archives on disk: the candidate files a mirror offers for a pin, and
+//! downloading one of them. Which candidate is right is decided by the tree hash (see
+//! [`crate::vendor`]), never by a version string.
 
-use std::collections::BTreeSet;
 use std::fs;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::Mutex;
 
-use crate::error::{bail, Context, Error, Result};
+use crate::apt::{Apt, DownloadFailure, RemoteFile};
+use crate::error::{Context, Error, Result};
 use crate::lockfile::{Mirror, MirrorKind, Pin};
-use crate::tree::TreeHash;
-use crate::{archive, lock::FileLock};
+use crate::source_cache::SourceCache;
 
 /// Downloads archives. Debian packages come through apt with a private configuration (built
 /// from the machine's own sources list), so the system's apt setup is never touched.
 pub struct Fetcher {
-    cache_dir: PathBuf,
-    apt_sources: Vec<PathBuf>,
+    apt: Apt,
+    cache: Option<SourceCache>,
+    commands: Mutex<Vec<String>>,
 }
 
-/// A tree that matches its pin, and the mirror it came from.
-#[derive(Debug, Clone)]
-pub struct Verified {
-    pub path: PathBuf,
-    pub tree: TreeHash,
-    /// The mirror the tree was fetched from, as recorded beside it when it was fetched.
-    pub origin: Option<String>,
-    /// `true` when this call fetched it, `false` when it was already there.
-    pub fetched: bool,
+/// Why a mirror gave nothing.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Failure {
+    /// The mirror answered, but does not have the file (any more).
+    Gone,
+    /// The mirror could not be reached, or failed in a way that says nothing about the file.
+    Unreachable,
+    /// The mirror served bytes that are not what its index promised, or not an archive.
+    Corrupt,
+}
+
+/// A mirror's failure: its kind, and the whole story for a human.
+#[derive(Debug)]
+pub struct MirrorError {
+    pub failure: Failure,
+    pub error: Error,
+}
+
+impl MirrorError {
+    fn new(failure: Failure, message: impl Into<String>) -> MirrorError {
+        MirrorError { failure, error: Error::new(message) }
+    }
+}
+
+impl From<Error> for MirrorError {
+    fn from(error: Error) -> MirrorError {
+        MirrorError { failure: Failure::Unreachable, error }
+    }
+}
+
+/// One archive a mirror offers for a pin.
+#[derive(Clone, Debug)]
+pub struct Candidate {
+    /// For messages: the mirror, and which version or file of it.
+    pub what: String,
+    /// The directory inside the archive that is the tree.
+    pub root: String,
+    location: Location,
+}
+
+#[derive(Clone, Debug)]
+enum Location {
+    Url(String),
+    Apt(RemoteFile),
+    Path(PathBuf),
 }
 
 impl Fetcher {
-    /// `cache_dir` holds apt's private state (package lists), nothing that verifies sources.
-    pub fn new(cache_dir: impl Into<PathBuf>) -> Fetcher {
-        Fetcher {
-            cache_dir: cache_dir.into(),
-            apt_sources: vec!["/etc/apt/sources.list".into(), "/etc/apt/sources.list.d".into()],
+    /// `state_dir` holds apt's private state (package lists), nothing that verifies sources.
+    pub fn new(state_dir: impl Into<PathBuf>) -> Fetcher {
+        let sources = vec!["/etc/apt/sources.list".into(), "/etc/apt/sources.list.d".into()];
+        Fetcher { apt: Apt::new(state_dir.into().join("apt"), sources), cache: None, commands: Mutex::new(Vec::new()) }
+    }
+
+    /// Reads Debian archives from these apt source files or directories instead of the
+    /// machine's (`/etc/apt/sources.list` and `/etc/apt/sources.list.d`).
+    pub fn with_apt_sources(self, state_dir: impl Into<PathBuf>, sources: Vec<PathBuf>) -> Fetcher {
+        Fetcher { apt: Apt::new(state_dir.into().join("apt"), sources), ..self }
+    }
+
+    /// Keeps every verified tree in `cache`, and looks there before any mirror.
+    pub fn with_source_cache(self, cache: SourceCache) -> Fetcher {
+        Fetcher { cache: Some(cache), ..self }
+    }
+
+    pub fn source_cache(&self) -> Option<&SourceCache> {
+        self.cache.as_ref()
+    }
+
+    /// Every external command run so far (apt, curl), in order.
+    pub fn commands(&self) -> Vec<String> {
+        let mut all = self.apt.commands();
+        all.extend(self.commands.lock().unwrap().iter().cloned());
+        all
+    }
+
+    /// The archives `mirror` offers for `pin`, best first.
+    pub fn candidates(&self, pin: &Pin, mirror: &Mirror) -> Result<Vec<Candidate>, MirrorError> {
+        let one = |location, what: String| Ok(vec![Candidate { what, root: mirror.root.clone(), location }]);
+        match &mirror.kind {
+            MirrorKind::Url(url) => one(Location::Url(url.clone()), mirror.to_string()),
+            MirrorKind::File(path) => {
+                let path = pin.resolve(path);
+                if !path.is_file() {
+                    return Err(MirrorError::new(Failure::Gone, format!("{} does not exist", path.display())));
+                }
+                one(Location::Path(path), mirror.to_string())
+            }
+            MirrorKind::Dir { path, file } => self.dir_candidates(pin, mirror, &pin.resolve(path), file.as_deref()),
+            MirrorKind::DebianSource { package, file } => self.debian_source_candidates(mirror, package, file),
+            MirrorKind::DebianBinary { package } => self.debian_binary_candidates(mirror, package),
         }
     }
 
-    /// Downloads the archive `mirror` names into `dir` and returns its path.
-    pub fn download(&self, mirror: &Mirror, dir: &Path) -> Result<PathBuf> {
+    fn dir_candidates(&self, pin: &Pin, mirror: &Mirror, dir: &Path, file: Option<&str>) -> Result<Vec<Candidate>, MirrorError> {
+        let names: Vec<(String, String)> = match file {
+            Some(file) => vec![(file.to_owned(), mirror.root.clone())],
+            None => pin.mirrors.iter().filter_map(|m| Some((file_name_of(&m.kind)?, m.root.clone()))).collect(),
+        };
+        if names.is_empty() {
+            return Err(MirrorError::new(Failure::Gone, "no file name to look for: give the mirror a `file`".to_owned()));
+        }
+        let found: Vec<Candidate> = names
+            .iter()
+            .filter(|(name, _)| dir.join(name).is_file())
+            .map(|(name, root)| Candidate { what: format!("{mirror}, file {name}"), root: root.clone(), location: Location::Path(dir.join(name)) })
+            .collect();
+        if found.is_empty() {
+            let names: Vec<&str> = names.iter().map(|(n, _)| n.as_str()).collect();
+            return Err(MirrorError::new(Failure::Gone, format!("{} holds none of {}", dir.display(), names.join(", "))));
+        }
+        Ok(found)
+    }
+
+    /// Every listed version of the source package whose file list holds `file`, the hinted
+    /// version (`package=version`) first. Only that file is ever downloaded.
+    fn debian_source_candidates(&self, mirror: &Mirror, spec: &str, file: &str) -> Result<Vec<Candidate>, MirrorError> {
+        let (package, hint) = split_spec(spec);
+        let listed = self.apt.source_versions(package)?;
+        if listed.is_empty() {
+            return Err(MirrorError::new(Failure::Gone, format!("no configured suite lists the source package {package}")));
+        }
+        let mut versions: Vec<&str> = Vec::new();
+        for l in hint.iter().copied().chain(listed.iter().map(|l| l.version.as_str())) {
+            if !versions.contains(&l) {
+                versions.push(l);
+            }
+        }
+        let mut found = Vec::new();
+        let mut tried = Vec::new();
+        for version in versions {
+            let suites: Vec<&str> = listed.iter().filter(|l| l.version == version).map(|l| l.suite.as_str()).collect();
+            if suites.is_empty() {
+                tried.push(format!("{version} (the pinned hint): no configured suite lists it"));
+                continue;
+            }
+            let files = self.apt.source_files(package, version)?;
+            match files.iter().find(|f| f.name == file) {
+                Some(remote) if !found.iter().any(|c: &Candidate| matches!(&c.location, Location::Apt(r) if r.uri == remote.uri)) => found.push(Candidate {
+                    what: format!("Debian source package {package} {version} ({}), file {file}", suites.join(", ")),
+                    root: mirror.root.clone(),
+                    location: Location::Apt(remote.clone()),
+                }),
+                Some(_) => {}
+                None => {
+                    let names: Vec<&str> = files.iter().map(|f| f.name.as_str()).collect();
+                    tried.push(format!("{version} ({}): lists only {}", suites.join(", "), names.join(", ")));
+                }
+            }
+        }
+        if found.is_empty() {
+            return Err(MirrorError::new(
+                Failure::Gone,
+                format!("no listed version of source package {package} has the file {file}:\n      {}", tried.join("\n      ")),
+            ));
+        }
+        Ok(found)
+    }
+
+    /// Every listed version of the binary package, the hinted one first: which one is right
+    /// is for the tree hash to say.
+    fn debian_binary_candidates(&self, mirror: &Mirror, spec: &str) -> Result<Vec<Candidate>, MirrorError> {
+        let (package, hint) = split_spec(spec);
+        let listed = self.apt.binary_versions(package)?;
+        if listed.is_empty() {
+            return Err(MirrorError::new(Failure::Gone, format!("no configured suite lists the binary package {package}")));
+        }
+        let mut versions: Vec<&str> = hint.into_iter().filter(|h| listed.iter().any(|l| l.version == *h)).collect();
+        for l in &listed {
+            if !versions.contains(&l.version.as_str()) {
+                versions.push(&l.version);
+            }
+        }
+        let mut found = Vec::new();
+        for version in versions {
+            let suites: Vec<&str> = listed.iter().filter(|l| l.version == version).map(|l| l.suite.as_str()).collect();
+            let remote = self.apt.binary_file(package, version)?;
+            found.push(Candidate {
+                what: format!("Debian binary package {package} {version} ({}), file {}", suites.join(", "), remote.name),
+                root: mirror.root.clone(),
+                location: Location::Apt(remote),
+            });
+        }
+        Ok(found)
+    }
+
+    /// Downloads `candidate` into `dir` and returns the archive's path.
+    pub fn download(&self, candidate: &Candidate, dir: &Path) -> Result<PathBuf, MirrorError> {
         fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
-        match &mirror.kind {
-            MirrorKind::Url(url) => {
-                let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download");
-                let out = dir.join(name);
-                let curl = which::which("curl").context(|| "downloading from a URL needs curl on PATH".to_owned())?;
-                let args = ["--fail", "--silent", "--show-error", "--location", "--retry", "2", "--connect-timeout", "20", "--output"];
-                duct::cmd(curl, args.iter().map(|s| s.to_string()).chain([out.display().to_string(), url.clone()]))
-                    .stdout_null()
-                    .stderr_capture()
-                    .run()
-                    .context(|| format!("download of {url} failed"))?;
+        match &candidate.location {
+            Location::Url(url) => self.curl(url, dir),
+            Location::Apt(remote) => {
+                let out = dir.join(&remote.name);
+                self.apt.download(remote, &out).map_err(|(failure, error)| {
+                    let failure = match failure {
+                        DownloadFailure::Gone => Failure::Gone,
+                        DownloadFailure::Unreachable => Failure::Unreachable,
+                        DownloadFailure::WrongHash => Failure::Corrupt,
+                    };
+                    MirrorError { failure, error }
+                })?;
                 Ok(out)
             }
-            MirrorKind::DebianSource { package, file } => {
-                self.apt(&["source", "--download-only", package], dir)?;
-                let out = dir.join(file);
-                if !out.is_file() {
-                    bail!("apt-get source {package} did not produce {file}");
-                }
-                Ok(out)
-            }
-            MirrorKind::DebianBinary { package } => {
-                self.apt(&["download", package], dir)?;
-                let debs: Vec<_> = fs::read_dir(dir)
-                    .context(|| format!("cannot list {}", dir.display()))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "deb"))
-                    .collect();
-                match debs.as_slice() {
-                    [one] => Ok(one.clone()),
-                    _ => bail!("apt-get download {package} produced {} .deb files, expected one", debs.len()),
-                }
-            }
-            MirrorKind::File(path) => {
+            Location::Path(path) => {
                 let out = dir.join(path.file_name().unwrap_or("archive".as_ref()));
                 fs::copy(path, &out).context(|| format!("cannot copy {}", path.display()))?;
                 Ok(out)
@@ -81,185 +230,46 @@ impl Fetcher {
         }
     }
 
-    fn apt(&self, args: &[&str], cwd: &Path) -> Result<()> {
-        let config = self.apt_config()?;
-        let mut argv: Vec<String> = vec!["-q".into()];
-        if is_root() {
-            argv.extend(["-o".into(), "APT::Sandbox::User=root".into()]);
+    fn curl(&self, url: &str, dir: &Path) -> Result<PathBuf, MirrorError> {
+        let name = url.rsplit('/').next().filter(|n| !n.is_empty()).unwrap_or("download");
+        let out = dir.join(name);
+        let curl = which::which("curl").context(|| "downloading from a URL needs curl on PATH".to_owned())?;
+        let mut args: Vec<String> =
+            ["--fail", "--silent", "--show-error", "--location", "--retry", "2", "--connect-timeout", "20", "--max-time", "600", "--output"]
+                .map(str::to_owned)
+                .to_vec();
+        args.extend([out.display().to_string(), url.to_owned()]);
+        self.commands.lock().unwrap().push(format!("curl {url}"));
+        let output = duct::cmd(curl, &args).stdout_null().stderr_capture().unchecked().run().context(|| format!("cannot run curl for {url}"))?;
+        if output.status.success() {
+            return Ok(out);
         }
-        argv.extend(args.iter().map(|s| s.to_string()));
-        let output = duct::cmd("apt-get", &argv)
-            .dir(cwd)
-            .env("APT_CONFIG", &config)
-            .stderr_to_stdout()
-            .stdout_capture()
-            .unchecked()
-            .run()
-            .context(|| "cannot run apt-get".to_owned())?;
-        if !output.status.success() {
-            bail!("apt-get {} failed:\n{}", args.join(" "), tail(&String::from_utf8_lossy(&output.stdout), 15));
-        }
-        Ok(())
-    }
-
-    /// A private apt configuration whose package lists are refreshed at most every few hours.
-    fn apt_config(&self) -> Result<PathBuf> {
-        let dir = self.cache_dir.join("apt");
-        let config = dir.join("apt.conf");
-        let _lock = FileLock::acquire(&self.cache_dir.join("apt.lock"))?;
-        let sources = self.machine_sources()?;
-        for sub in ["etc/sources.list.d", "etc/apt.conf.d", "etc/preferences.d", "state/lists/partial", "cache/archives/partial"] {
-            fs::create_dir_all(dir.join(sub)).context(|| format!("cannot create {}", dir.join(sub).display()))?;
-        }
-        write_if_changed(&dir.join("etc/sources.list"), "")?;
-        write_if_changed(&dir.join("etc/preferences"), "")?;
-        write_if_changed(&dir.join("etc/sources.list.d/machine.sources"), &sources)?;
-        let d = dir.display();
-        let text = format!(
-            "Dir::Etc::SourceList \"{d}/etc/sources.list\";\n\
-             Dir::Etc::SourceParts \"{d}/etc/sources.list.d\";\n\
-             Dir::Etc::Parts \"{d}/etc/apt.conf.d\";\n\
-             Dir::Etc::Preferences \"{d}/etc/preferences\";\n\
-             Dir::Etc::PreferencesParts \"{d}/etc/preferences.d\";\n\
-             Dir::State \"{d}/state\";\n\
-             Dir::Cache \"{d}/cache\";\n\
-             Acquire::Languages \"none\";\n"
-        );
-        write_if_changed(&config, &text)?;
-        let stamp = dir.join("updated");
-        let fresh = fs::metadata(&stamp)
-            .and_then(|m| m.modified())
-            .ok()
-            .and_then(|t| SystemTime::now().duration_since(t).ok())
-            .is_some_and(|age| age < Duration::from_secs(6 * 3600));
-        let sources_newer = fs::metadata(dir.join("etc/sources.list.d/machine.sources")).and_then(|m| m.modified()).ok()
-            > fs::metadata(&stamp).and_then(|m| m.modified()).ok();
-        if !fresh || sources_newer {
-            let mut argv: Vec<&str> = vec!["-q"];
-            if is_root() {
-                argv.extend(["-o", "APT::Sandbox::User=root"]);
-            }
-            argv.push("update");
-            let output = duct::cmd("apt-get", &argv)
-                .env("APT_CONFIG", &config)
-                .stderr_to_stdout()
-                .stdout_capture()
-                .unchecked()
-                .run()
-                .context(|| "cannot run apt-get update".to_owned())?;
-            if !output.status.success() {
-                bail!("apt-get update with {} failed:\n{}", config.display(), tail(&String::from_utf8_lossy(&output.stdout), 15));
-            }
-            fs::write(&stamp, "").context(|| format!("cannot write {}", stamp.display()))?;
-        }
-        Ok(config)
-    }
-
-    /// The machine's Debian archives, restated as deb822 with source packages enabled.
-    fn machine_sources(&self) -> Result<String> {
-        let mut files = Vec::new();
-        for path in &self.apt_sources {
-            if path.is_dir() {
-                let mut entries: Vec<_> = fs::read_dir(path)
-                    .context(|| format!("cannot list {}", path.display()))?
-                    .filter_map(|e| e.ok().map(|e| e.path()))
-                    .filter(|p| p.extension().is_some_and(|e| e == "sources" || e == "list"))
-                    .collect();
-                entries.sort();
-                files.extend(entries);
-            } else if path.is_file() {
-                files.push(path.clone());
-            }
-        }
-        let mut stanzas = BTreeSet::new();
-        for file in files {
-            let text = fs::read_to_string(&file).context(|| format!("cannot read {}", file.display()))?;
-            if file.extension().is_some_and(|e| e == "sources") {
-                stanzas.extend(deb822_stanzas(&text));
-            } else {
-                stanzas.extend(one_line_stanzas(&text));
-            }
-        }
-        if stanzas.is_empty() {
-            bail!("no Debian archive is configured in /etc/apt/sources.list or /etc/apt/sources.list.d: Debian mirrors need one");
-        }
-        Ok(stanzas.into_iter().collect::<Vec<_>>().join("\n"))
+        let _ = fs::remove_file(&out);
+        let stderr = String::from_utf8_lossy(&output.stderr).trim().to_owned();
+        // curl's exit code 22 is an HTTP error status: the server answered.
+        let failure = if output.status.code() == Some(22) && (stderr.contains("404") || stderr.contains("410")) { Failure::Gone } else { Failure::Unreachable };
+        let code = output.status.code().map_or_else(|| "a signal".to_owned(), |c| c.to_string());
+        Err(MirrorError::new(failure, format!("download failed (curl exit code {code}): {stderr}")))
     }
 }
 
-fn deb822_stanzas(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for block in text.split("\n\n") {
-        let field = |name: &str| {
-            block.lines().find_map(|l| {
-                let (k, v) = l.split_once(':')?;
-                (k.trim().eq_ignore_ascii_case(name)).then(|| v.trim().to_owned())
-            })
-        };
-        let (Some(uris), Some(suites)) = (field("URIs"), field("Suites")) else { continue };
-        if field("Enabled").is_some_and(|e| e.eq_ignore_ascii_case("no")) {
-            continue;
-        }
-        let mut stanza = format!("Types: deb deb-src\nURIs: {uris}\nSuites: {suites}\n");
-        if let Some(c) = field("Components") {
-            stanza.push_str(&format!("Components: {c}\n"));
-        }
-        if let Some(s) = field("Signed-By") {
-            stanza.push_str(&format!("Signed-By: {s}\n"));
-        }
-        out.push(stanza);
+/// `package=version` → (`package`, `Some(version)`).
+fn split_spec(spec: &str) -> (&str, Option<&str>) {
+    match spec.split_once('=') {
+        Some((package, version)) => (package, Some(version)),
+        None => (spec, None),
     }
-    out
 }
 
-fn one_line_stanzas(text: &str) -> Vec<String> {
-    let mut out = Vec::new();
-    for line in text.lines().map(str::trim) {
-        let mut words: Vec<&str> = line.split_whitespace().collect();
-        if words.first() != Some(&"deb") {
-            continue;
-        }
-        words.remove(0);
-        let mut signed_by = None;
-        if words.first().is_some_and(|w| w.starts_with('[')) {
-            let mut options = Vec::new();
-            while let Some(w) = (!words.is_empty()).then(|| words.remove(0)) {
-                options.push(w);
-                if w.ends_with(']') {
-                    break;
-                }
-            }
-            signed_by = options.join(" ").trim_matches(['[', ']']).split_whitespace().find_map(|o| o.strip_prefix("signed-by=").map(str::to_owned));
-        }
-        if words.len() < 2 {
-            continue;
-        }
-        let mut stanza = format!("Types: deb deb-src\nURIs: {}\nSuites: {}\n", words[0], words[1]);
-        if words.len() > 2 {
-            stanza.push_str(&format!("Components: {}\n", words[2..].join(" ")));
-        }
-        if let Some(s) = signed_by {
-            stanza.push_str(&format!("Signed-By: {s}\n"));
-        }
-        out.push(stanza);
+/// The archive's file name a mirror names, when it names one.
+fn file_name_of(kind: &MirrorKind) -> Option<String> {
+    match kind {
+        MirrorKind::Url(url) => url.rsplit('/').next().filter(|n| !n.is_empty()).map(str::to_owned),
+        MirrorKind::DebianSource { file, .. } => Some(file.clone()),
+        MirrorKind::File(path) => path.file_name().map(|n| n.to_string_lossy().into_owned()),
+        MirrorKind::Dir { file, .. } => file.clone(),
+        MirrorKind::DebianBinary { .. } => None,
     }
-    out
-}
-
-fn write_if_changed(path: &Path, text: &str) -> Result<()> {
-    if fs::read_to_string(path).ok().as_deref() != Some(text) {
-        fs::write(path, text).context(|| format!("cannot write {}", path.display()))?;
-    }
-    Ok(())
-}
-
-fn is_root() -> bool {
-    // SAFETY: geteuid has no preconditions.
-    unsafe { geteuid() == 0 }
-}
-
-extern "C" {
-    fn geteuid() -> u32;
 }
 
 /// The last `lines` lines of `text`, each cut to a readable width.
@@ -273,104 +283,4 @@ pub(crate) fn tail(text: &str, lines: usize) -> String {
         })
         .collect::<Vec<_>>()
         .join("\n")
-}
-
-/// Makes `<dir>/<name>-<version>` hold exactly the pinned tree: kept when it already matches,
-/// otherwise fetched from the first mirror that yields a matching tree. Nothing is left
-/// behind when every mirror fails.
-pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result<Verified> {
-    fs::create_dir_all(dir).context(|| format!("cannot create {}", dir.display()))?;
-    let dest = dir.join(format!("{}-{}", pin.name, pin.version));
-    let origin_file = dir.join(format!("{}-{}.origin", pin.name, pin.version));
-    let _lock = FileLock::acquire(&dir.join(format!(".{}.lock", pin.name)))?;
-    if dest.exists() {
-        let tree = TreeHash::of_dir(&dest)?;
-        if tree == pin.tree {
-            let origin = fs::read_to_string(&origin_file).ok().map(|s| s.trim().to_owned());
-            return Ok(Verified { path: dest, tree, origin, fetched: false });
-        }
-        if offline {
-            bail!(
-                "{} {}: {} holds a different tree (expected {}, found {tree}); run `cargo xtask vendor` without --offline to fetch it again",
-                pin.name, pin.version, dest.display(), pin.tree
-            );
-        }
-        fs::remove_dir_all(&dest).context(|| format!("cannot remove stale {}", dest.display()))?;
-    } else if offline {
-        bail!("{} {}: not in {} and --offline forbids fetching it; run `cargo xtask vendor` with network access to a mirror", pin.name, pin.version, dir.display());
-    }
-    let mut failures = Vec::new();
-    for mirror in &pin.mirrors {
-        let scratch = dir.join(format!(".tmp-{}-{}", pin.name, std::process::id()));
-        let _ = fs::remove_dir_all(&scratch);
-        let attempt = fetch_verified(pin, mirror, fetcher, &scratch, &dest);
-        let _ = fs::remove_dir_all(&scratch);
-        match attempt {
-            Ok(tree) => {
-                let origin = mirror.to_string();
-                fs::write(&origin_file, format!("{origin}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
-                return Ok(Verified { path: dest, tree, origin: Some(origin), fetched: true });
-            }
-            Err(e) => failures.push(format!("  - {mirror}: {e}")),
-        }
-    }
-    Err(Error::new(format!(
-        "{} {}: no mirror gave the pinned tree {}:\n{}",
-        pin.name,
-        pin.version,
-        pin.tree,
-        failures.join("\n")
-    )))
-}
-
-fn fetch_verified(pin: &Pin, mirror: &Mirror, fetcher: &Fetcher, scratch: &Path, dest: &Path) -> Result<TreeHash> {
-    let (root, tree) = fetch_tree(mirror, fetcher, scratch)?;
-    if tree != pin.tree {
-        bail!(
-            "tree hash mismatch for {} {}: expected {}, got {tree}; the download is corrupt or the pin is wrong (if the new contents are trusted, re-pin with `cargo xtask pin`)",
-            pin.name, pin.version, pin.tree
-        );
-    }
-    fs::rename(&root, dest).context(|| format!("cannot move the verified tree to {}", dest.display()))?;
-    Ok(tree)
-}
-
-/// Downloads and unpacks into `scratch`; returns the tree's directory and hash.
-fn fetch_tree(mirror: &Mirror, fetcher: &Fetcher, scratch: &Path) -> Result<(PathBuf, TreeHash)> {
-    let archive_path = fetcher.download(mirror, &scratch.join("download"))?;
-    let unpacked = scratch.join("unpacked");
-    archive::unpack(&archive_path, &unpacked)?;
-    let root = unpacked.join(&mirror.root);
-    if !root.is_dir() {
-        bail!("the archive has no directory {:?}", mirror.root);
-    }
-    let tree = TreeHash::of_dir(&root)?;
-    Ok((root, tree))
-}
-
-/// Fetches from one mirror and returns the hash of the tree it yields, for pinning.
-pub fn hash_mirror(mirror: &Mirror, fetcher: &Fetcher, scratch: &Path) -> Result<TreeHash> {
-    let _ = fs::remove_dir_all(scratch);
-    let result = fetch_tree(mirror, fetcher, scratch).map(|(_, tree)| tree);
-    let _ = fs::remove_dir_all(scratch);
-    result
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn machine_sources_become_deb822_with_source_packages() {
-        let deb822 = "Types: deb\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n\nTypes: deb\nURIs: http://off.invalid\nSuites: x\nEnabled: no\n";
-        assert_eq!(
-            deb822_stanzas(deb822),
-            ["Types: deb deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm bookworm-updates\nComponents: main\nSigned-By: /usr/share/keyrings/k.gpg\n"]
-        );
-        let list = "# comment\ndeb [arch=amd64 signed-by=/k.gpg] http://mirror.invalid/debian bookworm main contrib\ndeb-src http://ignored.invalid x main\n";
-        assert_eq!(
-            one_line_stanzas(list),
-            ["Types: deb deb-src\nURIs: http://mirror.invalid/debian\nSuites: bookworm\nComponents: main contrib\nSigned-By: /k.gpg\n"]
-        );
-    }
 }

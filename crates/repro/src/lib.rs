@@ -3,21 +3,29 @@
 //! - [`TreeHash`]: a source is pinned by the hash of its unpacked tree, so any archive format
 //!   carrying the same files verifies.
 //! - [`Lockfile`] / [`Pin`] / [`Mirror`]: the pins, edited in place with `toml_edit`.
-//! - [`fetch::vendor`]: fetch a pin from its mirrors in order, verify, unpack safely.
+//! - [`vendor::vendor`]: a pin's tree from vendor/, the [`SourceCache`], or the first mirror
+//!   candidate that unpacks to it; [`vendor::check`] tries every mirror.
+//! - [`Fetcher`]: what a mirror offers (Debian packages by file, through apt), and downloads.
 //! - [`Store`] / [`Step`]: build steps keyed by all their inputs, run in a cleared environment
 //!   and published atomically.
 
+pub mod apt;
+mod apt_sources;
 pub mod archive;
 mod error;
 pub mod fetch;
 mod lock;
 pub mod lockfile;
+pub mod source_cache;
 pub mod store;
 mod tree;
+pub mod vendor;
 
 pub use error::{Context, Error, Result};
-pub use fetch::{Fetcher, Verified};
+pub use fetch::Fetcher;
 pub use lock::FileLock;
 pub use lockfile::{Lockfile, Mirror, MirrorKind, Pin};
+pub use source_cache::SourceCache;
 pub use store::{Artifact, Step, Store};
 pub use tree::TreeHash;
+pub use vendor::Verified;

@@ -27,6 +27,15 @@ pub struct Pin {
     pub tree: TreeHash,
     /// Tried in order; never part of any cache key.
     pub mirrors: Vec<Mirror>,
+    /// The directory relative `file` and `dir` mirrors are relative to (the lockfile's).
+    pub base: PathBuf,
+}
+
+impl Pin {
+    /// A local mirror's path as the filesystem sees it.
+    pub fn resolve(&self, path: &Path) -> PathBuf {
+        self.base.join(path)
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -40,20 +49,35 @@ pub struct Mirror {
 pub enum MirrorKind {
     Url(String),
     /// A file of a Debian source package, `package` or `package=version`.
-    DebianSource { package: String, file: String },
+    DebianSource {
+        package: String,
+        file: String,
+    },
     /// A Debian binary package, `package` or `package=version`.
-    DebianBinary { package: String },
-    /// An archive on the local disk; relative paths are relative to the lockfile's directory.
+    DebianBinary {
+        package: String,
+    },
+    /// An archive on the local disk, as written (relative to the lockfile's directory).
     File(PathBuf),
+    /// A folder of archives by file name, like a distdir: `file`, or else the file names the
+    /// pin's other mirrors give (each with that mirror's `root`).
+    Dir {
+        path: PathBuf,
+        file: Option<String>,
+    },
 }
 
 impl fmt::Display for Mirror {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match &self.kind {
             MirrorKind::Url(url) => write!(f, "url {url}"),
-            MirrorKind::DebianSource { package, file } => write!(f, "Debian source package {package}, file {file}"),
+            MirrorKind::DebianSource { package, file } => {
+                write!(f, "Debian source package {package}, file {file}")
+            }
             MirrorKind::DebianBinary { package } => write!(f, "Debian binary package {package}"),
             MirrorKind::File(path) => write!(f, "local file {}", path.display()),
+            MirrorKind::Dir { path, file: Some(file) } => write!(f, "local directory {}, file {file}", path.display()),
+            MirrorKind::Dir { path, file: None } => write!(f, "local directory {}", path.display()),
         }
     }
 }
@@ -101,8 +125,7 @@ impl Lockfile {
                 .enumerate()
                 .map(|(i, m)| {
                     let m = m.as_inline_table().ok_or_else(|| Error::new(format!("{}: mirror {} must be an inline table", at(), i + 1)))?;
-                    parse_mirror(m, self.path.parent().unwrap_or(Path::new(".")))
-                        .map_err(|e| Error::new(format!("{}: mirror {}: {e}", at(), i + 1)))
+                    parse_mirror(m).map_err(|e| Error::new(format!("{}: mirror {}: {e}", at(), i + 1)))
                 })
                 .collect::<Result<Vec<_>>>()?,
             None => bail!("{}: missing array `mirrors`", at()),
@@ -110,22 +133,20 @@ impl Lockfile {
         if mirrors.is_empty() {
             bail!("{}: needs at least one mirror", at());
         }
-        Ok(Pin { name: name.to_owned(), version: string("version")?, tree, mirrors })
+        let base = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
+        Ok(Pin { name: name.to_owned(), version: string("version")?, tree, mirrors, base })
     }
 
     /// Sets a pin's version and tree hash and puts `mirror` first in its list (once).
     pub fn set_pin(&mut self, name: &str, version: &str, tree: TreeHash, mirror: &Mirror) -> Result<()> {
-        let base = self.path.parent().unwrap_or(Path::new(".")).to_path_buf();
         if self.doc.get(name).is_none() {
             self.doc.insert(name, Item::Table(Table::new()));
         }
-        let table = self.doc[name]
-            .as_table_like_mut()
-            .ok_or_else(|| Error::new(format!("{} [{name}]: must be a table", self.path.display())))?;
+        let table = self.doc[name].as_table_like_mut().ok_or_else(|| Error::new(format!("{} [{name}]: must be a table", self.path.display())))?;
         set_value(table, "version", version.into());
         set_value(table, "tree", tree.to_string().into());
         let mut mirrors = table.get("mirrors").and_then(Item::as_array).cloned().unwrap_or_else(Array::new);
-        mirrors.retain(|m| m.as_inline_table().and_then(|t| parse_mirror(t, &base).ok()).as_ref() != Some(mirror));
+        mirrors.retain(|m| m.as_inline_table().and_then(|t| parse_mirror(t).ok()).as_ref() != Some(mirror));
         mirrors.insert_formatted(0, toml_edit::Value::InlineTable(mirror_table(mirror)));
         for m in mirrors.iter_mut() {
             m.decor_mut().set_prefix("\n  ");
@@ -159,7 +180,7 @@ fn set_value(table: &mut dyn TableLike, key: &str, new: toml_edit::Value) {
     }
 }
 
-fn parse_mirror(table: &InlineTable, base: &Path) -> Result<Mirror> {
+fn parse_mirror(table: &InlineTable) -> Result<Mirror> {
     let get = |key: &str| table.get(key).and_then(|v| v.as_str()).map(str::to_owned);
     let root = get("root").unwrap_or_default();
     let kind = if let Some(url) = get("url") {
@@ -169,10 +190,12 @@ fn parse_mirror(table: &InlineTable, base: &Path) -> Result<Mirror> {
         MirrorKind::DebianSource { package, file }
     } else if let Some(package) = get("debian-binary") {
         MirrorKind::DebianBinary { package }
+    } else if let Some(dir) = get("dir") {
+        MirrorKind::Dir { path: PathBuf::from(dir), file: get("file") }
     } else if let Some(file) = get("file") {
-        MirrorKind::File(base.join(file))
+        MirrorKind::File(PathBuf::from(file))
     } else {
-        bail!("needs one of `url`, `debian-source`, `debian-binary` or `file`")
+        bail!("needs one of `url`, `debian-source`, `debian-binary`, `file` or `dir`")
     };
     Ok(Mirror { kind, root })
 }
@@ -192,6 +215,12 @@ fn mirror_table(mirror: &Mirror) -> InlineTable {
         }
         MirrorKind::File(path) => {
             t.insert("file", path.display().to_string().into());
+        }
+        MirrorKind::Dir { path, file } => {
+            t.insert("dir", path.display().to_string().into());
+            if let Some(file) = file {
+                t.insert("file", file.as_str().into());
+            }
         }
     }
     if !mirror.root.is_empty() {

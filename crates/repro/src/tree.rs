@@ -18,7 +18,7 @@ use crate::error::{bail, Context, Error, Result};
 const PREFIX: &str = "blake3:";
 
 /// `blake3:<64 hex digits>`: the hash of a tree in its canonical form.
-#[derive(Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+#[derive(Clone, Copy, Default, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub struct TreeHash([u8; 32]);
 
 impl TreeHash {
@@ -97,11 +97,8 @@ impl fmt::Debug for TreeHash {
 impl FromStr for TreeHash {
     type Err = Error;
     fn from_str(s: &str) -> Result<TreeHash> {
-        let hex = s
-            .strip_prefix(PREFIX)
-            .ok_or_else(|| Error::new(format!("tree hash {s:?} must start with {PREFIX:?}")))?;
-        let hash = blake3::Hash::from_hex(hex)
-            .map_err(|_| Error::new(format!("tree hash {s:?} must be {PREFIX} and 64 hex digits")))?;
+        let hex = s.strip_prefix(PREFIX).ok_or_else(|| Error::new(format!("tree hash {s:?} must start with {PREFIX:?}")))?;
+        let hash = blake3::Hash::from_hex(hex).map_err(|_| Error::new(format!("tree hash {s:?} must be {PREFIX} and 64 hex digits")))?;
         Ok(TreeHash(*hash.as_bytes()))
     }
 }

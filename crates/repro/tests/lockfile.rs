@@ -67,3 +67,27 @@ fn a_malformed_pin_is_an_error_naming_the_file_and_the_pin() {
     let err = Lockfile::open(&path).unwrap().pins().unwrap_err().to_string();
     assert!(err.contains("[nomirror]") && err.contains("at least one mirror"), "{err}");
 }
+
+#[test]
+fn relative_local_mirrors_stay_relative_and_are_never_doubled() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("sources.toml");
+    let text = "[local]\nversion = \"1\"\ntree = \"blake3:1111111111111111111111111111111111111111111111111111111111111111\"\nmirrors = [\n  { file = \"archives/local-1.tar.gz\", root = \"local-1\" },\n  { dir = \"../distfiles\" },\n]\n";
+    fs::write(&path, text).unwrap();
+    let mut lock = Lockfile::open(&path).unwrap();
+    let pin = lock.pin("local").unwrap();
+    assert_eq!(pin.mirrors[0].kind, MirrorKind::File("archives/local-1.tar.gz".into()));
+    assert_eq!(pin.resolve(std::path::Path::new("archives/local-1.tar.gz")), tmp.path().join("archives/local-1.tar.gz"));
+    assert_eq!(pin.mirrors[1].kind, MirrorKind::Dir { path: "../distfiles".into(), file: None });
+
+    // Re-pinning from the same relative mirror moves it first, once, still relative.
+    lock.set_pin("local", "1", hash('2'), &pin.mirrors[1]).unwrap();
+    lock.save().unwrap();
+    let saved = fs::read_to_string(&path).unwrap();
+    assert_eq!(saved.matches("archives/local-1.tar.gz").count(), 1, "{saved}");
+    assert_eq!(saved.matches("../distfiles").count(), 1, "{saved}");
+    assert!(!saved.contains(&tmp.path().display().to_string()), "no absolute path: {saved}");
+    let again = Lockfile::open(&path).unwrap().pin("local").unwrap();
+    assert_eq!(again.mirrors.len(), 2);
+    assert_eq!(again.mirrors[0], pin.mirrors[1]);
+}

@@ -6,7 +6,7 @@ mod common;
 use std::fs;
 use std::process::Command;
 
-use repro::{fetch, Fetcher, Mirror, MirrorKind, Pin, TreeHash};
+use repro::{vendor as fetch, Fetcher, Mirror, MirrorKind, Pin, TreeHash};
 
 struct Fixture {
     tmp: tempfile::TempDir,
@@ -30,13 +30,12 @@ fn pin(tree: TreeHash, files: &[&std::path::Path]) -> Pin {
         version: "1.0".into(),
         tree,
         mirrors: files.iter().map(|f| Mirror { kind: MirrorKind::File(f.to_path_buf()), root: "pkg-1.0".into() }).collect(),
+        base: std::path::PathBuf::from("/"),
     }
 }
 
 fn leftovers(dir: &std::path::Path) -> Vec<String> {
-    fs::read_dir(dir)
-        .map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.ends_with(".lock")).collect())
-        .unwrap_or_default()
+    fs::read_dir(dir).map(|d| d.flatten().map(|e| e.file_name().to_string_lossy().into_owned()).filter(|n| !n.ends_with(".lock")).collect()).unwrap_or_default()
 }
 
 #[test]
