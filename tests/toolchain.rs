@@ -27,7 +27,7 @@ fn resty_core_bytecode_is_identical_when_compiled_in_two_directories() {
     let tmp = temp_dir("bc");
     let (a, b) = (tmp.path().join("a"), tmp.path().join("deeper/checkout/b"));
     for dir in [&a, &b] {
-        repro::store::copy_tree(core, &dir.join("lib")).unwrap();
+        repro::copy::copy_tree(core, &dir.join("lib")).unwrap();
     }
     for strip in [true, false] {
         let first = compile_library(&a.join("lib"), &a.join(format!("out-{strip}")), strip);

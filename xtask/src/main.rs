@@ -4,6 +4,7 @@
 mod bench;
 mod bytecode;
 mod dist;
+mod explain;
 mod pin;
 mod toolchain;
 mod vendor;
@@ -31,6 +32,8 @@ enum Task {
     Toolchain(toolchain::Args),
     /// Compile Lua modules to LuaJIT bytecode objects with the pinned LuaJIT.
     Bytecode(bytecode::Args),
+    /// Print a step's derivation (every input of its key), or say which inputs make two keys differ.
+    Explain(explain::Args),
     /// Time cold, no-op and one-.lua-changed dist runs; print binary sizes.
     Bench(bench::Args),
 }
@@ -43,6 +46,7 @@ fn main() -> ExitCode {
         Task::Pin(args) => pin::run(args),
         Task::Toolchain(args) => toolchain::run(args),
         Task::Bytecode(args) => bytecode::run(args),
+        Task::Explain(args) => explain::run(args),
         Task::Bench(args) => bench::run(args),
     };
     match result {

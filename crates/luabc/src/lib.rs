@@ -59,5 +59,16 @@ pub use luajit::{CompileInput, Luajit, LuajitInfo};
 pub use name::{module_name_from_path, symbol_for_module, ModuleName, SYMBOL_PREFIX};
 pub use output::{c_source, elf_object, preload_c_source, Arch, PreloadEntry};
 
+/// This crate's own sources, by path: what a build system keys on when bytecode objects are
+/// among its cached outputs (a change to the object or archive writer changes its outputs).
+pub const SOURCES: &[(&str, &[u8])] = &[
+    ("luabc/src/archive.rs", include_bytes!("archive.rs")),
+    ("luabc/src/builder.rs", include_bytes!("builder.rs")),
+    ("luabc/src/header.rs", include_bytes!("header.rs")),
+    ("luabc/src/luajit.rs", include_bytes!("luajit.rs")),
+    ("luabc/src/name.rs", include_bytes!("name.rs")),
+    ("luabc/src/output.rs", include_bytes!("output.rs")),
+];
+
 /// Result type of this crate.
 pub type Result<T, E = Error> = std::result::Result<T, E>;

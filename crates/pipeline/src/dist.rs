@@ -72,6 +72,9 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
         bundle_steps.push(artifact);
     }
     steps.extend(bundle_steps);
+    if project.is_planning() {
+        return Ok(Dist { bundles, sha256sums: out_dir.join("SHA256SUMS"), steps, lua_modules: modules });
+    }
     let mut sums = String::new();
     for b in &bundles {
         let _ = writeln!(sums, "{}  {}", sha256_file(&b.tarball)?, b.tarball.file_name().unwrap().to_string_lossy());
@@ -80,6 +83,16 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     write_atomic(&sha256sums, sums.as_bytes())?;
     write_atomic(&out_dir.join(ORIGINS_FILE), source_origins(&sources).as_bytes())?;
     Ok(Dist { bundles, sha256sums, steps, lua_modules: modules })
+}
+
+/// Every step of a dist of `project`'s checkout with its derivation, without building
+/// anything (`project` must be [`Project::planning`]); the sources must be vendored.
+pub fn plan(project: &Project) -> Result<Vec<(repro::Step, Artifact)>> {
+    if !project.is_planning() {
+        return Err(Error::new("dist::plan needs a planning project (Project::planning)"));
+    }
+    build(project, &Options { offline: true, out_dir: Some(std::env::temp_dir()) })?;
+    Ok(project.steps_run())
 }
 
 /// The library roots, in search order: the project's own `lualib/` first, then the pins.
@@ -146,7 +159,8 @@ fn write_bundle(
     let conf = DEFAULT_CONF.replace("@PROJECT@", PROJECT).replace("@STRATEGY@", strategy).replace("@LUA_PACKAGE_PATH@\n", &path_line);
     let mut step = Step::new(format!("bundle-{strategy}"))
         .input("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
-        .input("archive", "tar.gz, sorted, owner 0, modes 0755/0644")
+        .code(repro::code::tar_writer())
+        .code(repro::code_id!("src/dist.rs"))
         .dep("nginx", binary)
         .file("bundle/conf/nginx.conf", conf, false)
         .file("bundle/conf/mime.types", read(&sources.get("nginx")?.path().join("conf/mime.types"))?, false)
@@ -170,7 +184,9 @@ fn write_bundle(
         archive::write_tar_gz(&root, &name, &out.join(&tarball_name), SOURCE_DATE_EPOCH.parse().unwrap())
     })?;
     let tarball = out_dir.join(&tarball_name);
-    write_atomic(&tarball, &read(&artifact.path.join(&tarball_name))?)?;
+    if !project.is_planning() {
+        write_atomic(&tarball, &read(&artifact.path.join(&tarball_name))?)?;
+    }
     Ok((Bundle { strategy, tarball, binary: binary.path.join("sbin/nginx") }, artifact))
 }
 

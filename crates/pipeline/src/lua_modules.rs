@@ -168,9 +168,12 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip: bool) -> Result<Artifact> {
     let layout = luajit::Layout::new(luajit);
     let mut step = Step::new(if strip { "lua-bytecode" } else { "lua-bytecode-debug" })
-        .input("luabc", env!("CARGO_PKG_VERSION"))
+        .code(repro::code_id!("src/lua_modules.rs"))
         .input("strip", strip.to_string())
         .dep("luajit", luajit);
+    for (path, source) in luabc::SOURCES {
+        step = step.code(repro::CodeId::of(*path, source));
+    }
     for m in modules {
         let text = fs::read(&m.file).map_err(|e| Error::with_source(format!("cannot read {}", m.file.display()), e))?;
         step = step.file(format!("lua/{}", m.relative.display()), text, false).input(format!("module {}", m.name), m.relative.display().to_string());

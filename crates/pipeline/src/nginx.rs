@@ -7,9 +7,8 @@
 //! `nginx -V` names no build directory.
 
 use std::fs;
-use std::path::Path;
 
-use repro::{Artifact, Error, Result, TreeHash};
+use repro::{Artifact, Result, TreeHash};
 
 use crate::project::{Project, RunIn, Sources};
 use crate::{luajit, openssl, toolchain};
@@ -92,7 +91,7 @@ pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luaji
 
 /// Relinks the compiled objects with the Lua bytecode archive.
 pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact, bytecode: &Artifact) -> Result<Artifact> {
-    let library = find_archive(&bytecode.path)?;
+    let library = format!("lib{}.a", crate::lua_modules::ARCHIVE);
     let args = format!("-Wl,--whole-archive ../bytecode/{} -Wl,--no-whole-archive\n", library);
     base_step("nginx-embed", project, toolchain, luajit, openssl, pcre)
         .dep("compiled", compiled)
@@ -117,13 +116,4 @@ fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artif
         .input("openssl-layout", openssl::PREFIX)
         .env("LUAJIT_LIB", format!("{lj}/lib"))
         .env("LUAJIT_INC", format!("{lj}/include/luajit-2.1"))
-}
-
-fn find_archive(dir: &Path) -> Result<String> {
-    fs::read_dir(dir)
-        .map_err(|e| Error::with_source(format!("cannot list {}", dir.display()), e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .find(|n| n.starts_with("lib") && n.ends_with(".a"))
-        .ok_or_else(|| Error::new(format!("no bytecode archive in {}", dir.display())))
 }

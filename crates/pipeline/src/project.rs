@@ -8,13 +8,16 @@ use repro::{vendor, Artifact, Fetcher, Lockfile, Pin, Result, SourceCache, Step,
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
 /// Every timestamp a build records.
 pub const SOURCE_DATE_EPOCH: &str = "1700000000";
+/// The host programs recipes run; their versions are part of every key.
+pub const HOST_TOOLS: &[&str] = &["gcc", "ld", "ar", "make", "perl", "strip"];
 
 pub struct Project {
     pub root: PathBuf,
     pub store: Store,
     fetcher: Fetcher,
-    tool_versions: std::sync::OnceLock<String>,
+    tool_versions: std::sync::OnceLock<Result<String, String>>,
     ran: std::sync::Mutex<Vec<(Step, Artifact)>>,
+    planning: bool,
 }
 
 impl Project {
@@ -32,7 +35,7 @@ impl Project {
     /// A checkout at `root` building into the store at `store_root`.
     pub fn with_store(root: PathBuf, store_root: PathBuf) -> Result<Project> {
         let fetcher = Fetcher::new(store_root.join("../fetch")).with_source_cache(SourceCache::at(store_root.join("sources")));
-        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), ran: Default::default() })
+        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), ran: Default::default(), planning: false })
     }
 
     /// Reads Debian archives from these apt source files instead of the machine's, keeping
@@ -55,17 +58,43 @@ impl Project {
     }
 
     /// The first line of `--version` of every host tool the recipes run: part of every key.
+    /// A missing tool is an error that names it (never a placeholder in a key).
+    pub fn require_tools(&self) -> Result<&str> {
+        self.tool_versions
+            .get_or_init(|| {
+                let mut lines = Vec::new();
+                for tool in HOST_TOOLS {
+                    let output = duct::cmd(*tool, ["--version"]).stderr_null().stdout_capture().unchecked().run();
+                    let version = match output {
+                        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_owned(),
+                        _ => String::new(),
+                    };
+                    if version.is_empty() {
+                        return Err(format!("the host tool `{tool}` is missing or does not answer `{tool} --version`: the build needs {}; install it (on Debian: apt-get install gcc binutils make perl)", HOST_TOOLS.join(", ")));
+                    }
+                    lines.push(format!("{tool}: {version}"));
+                }
+                Ok(lines.join("\n"))
+            })
+            .as_deref()
+            .map_err(|e| repro::Error::new(e.clone()))
+    }
+
+    /// [`Project::require_tools`] for recipes, which run after a build's first step has
+    /// checked the tools (so this cannot fail there).
     pub fn tool_versions(&self) -> &str {
-        self.tool_versions.get_or_init(|| {
-            ["gcc", "ld", "ar", "make", "perl", "strip"]
-                .iter()
-                .map(|tool| {
-                    let version = duct::cmd(*tool, ["--version"]).stderr_null().stdout_capture().unchecked().read().unwrap_or_default();
-                    format!("{tool}: {}", version.lines().next().unwrap_or("missing"))
-                })
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
+        self.require_tools().unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    /// A project that only plans: every step is keyed and recorded, none is built, and a dist
+    /// writes nothing (see [`crate::dist::plan`]).
+    pub fn planning(mut self) -> Project {
+        self.planning = true;
+        self
+    }
+
+    pub fn is_planning(&self) -> bool {
+        self.planning
     }
 
     /// Runs a step in the store, remembering it (see [`Project::steps_run`]).
@@ -76,7 +105,7 @@ impl Project {
     /// [`Project::run`] with Rust code after the commands (see [`Step::run_with`]).
     pub fn run_with(&self, step: Step, finish: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<Artifact> {
         let recipe = step.clone();
-        let artifact = step.run_with(&self.store, finish)?;
+        let artifact = if self.planning { step.planned(&self.store) } else { step.run_with(&self.store, finish)? };
         self.ran.lock().unwrap().push((recipe, artifact.clone()));
         Ok(artifact)
     }
@@ -95,7 +124,7 @@ impl Project {
             std::fs::create_dir_all(dest.parent().unwrap()).map_err(|e| repro::Error::with_source(format!("cannot create {}", dest.display()), e))?;
             std::fs::copy(self.root.join(rel), &dest).map_err(|e| repro::Error::with_source(format!("cannot copy {rel}"), e))?;
         }
-        repro::store::copy_tree(&self.vendor_dir(), &to.join("vendor"))
+        repro::copy::copy_tree(&self.vendor_dir(), &to.join("vendor"))
     }
 
     /// Verifies (and unless `offline`, fetches) every pin.

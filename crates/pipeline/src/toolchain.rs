@@ -25,6 +25,7 @@ const SUPPORT_SOURCES: [(&str, &str); 3] = [
 
 /// Builds musl, gathers the kernel headers and compiles the static-PIE support library.
 pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
+    project.require_tools()?;
     let musl = sources.get("musl")?;
     let headers = sources.get("linux-headers")?;
     let mut step = Step::new("toolchain")
@@ -64,8 +65,8 @@ pub fn with_compiler(step: Step, root: &str) -> Step {
     let wrapper = WRAPPER_IN
         .replace("@HOST_CC@", "/usr/bin/gcc")
         .replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs -ffile-prefix-map={build}=/build -fno-canonical-system-headers");
-    step.file("cc/x86_64-linux-musl.specs", specs, false)
-        .file(format!("cc/bin/{CC}"), wrapper, true)
+    step.template("cc/x86_64-linux-musl.specs", specs, false)
+        .template(format!("cc/bin/{CC}"), wrapper, true)
         .env("PATH", "{build}/cc/bin:/usr/local/bin:/usr/bin:/bin")
         .env("CC", CC)
 }

@@ -12,6 +12,9 @@
 pub mod apt;
 mod apt_sources;
 pub mod archive;
+pub mod code;
+pub mod copy;
+pub mod derivation;
 mod error;
 pub mod fetch;
 mod lock;
@@ -21,6 +24,8 @@ pub mod store;
 mod tree;
 pub mod vendor;
 
+pub use code::CodeId;
+pub use derivation::Derivation;
 pub use error::{Context, Error, Result};
 pub use fetch::Fetcher;
 pub use lock::FileLock;
