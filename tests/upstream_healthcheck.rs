@@ -1589,34 +1589,6 @@ fn metric(page: &str, series: &str) -> Option<f64> {
     })
 }
 
-/// `promtool check metrics` on a page; its complaints on failure.
-fn promtool_check(page: &str) -> Result<(), String> {
-    use std::io::Write;
-    let mut child = std::process::Command::new("promtool")
-        .args(["check", "metrics"])
-        .stdin(std::process::Stdio::piped())
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .expect("promtool (Debian package prometheus) is installed");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(page.as_bytes())
-        .unwrap();
-    let out = child.wait_with_output().unwrap();
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "{}{}",
-            String::from_utf8_lossy(&out.stdout),
-            String::from_utf8_lossy(&out.stderr)
-        ))
-    }
-}
-
 #[test]
 fn healthcheck_tcp_checks_and_probe_metrics() {
     const FAILED_PROBES: usize = 5;
@@ -1812,7 +1784,7 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
 
         // The metrics: the original's series unchanged, then the probe families.
         let page = http::get(m_port, &format!("/m?n={FAILED_PROBES}")).body;
-        promtool_check(&page)
+        e2e::promtool::check_metrics(&page)
             .unwrap_or_else(|e| panic!("[{}] promtool: {e}\n{page}", strategy.name()));
         let labels = |u: &str, p: u16| {
             format!("{{name=\"{u}\",endpoint=\"127.0.0.1:{p}\",role=\"PRIMARY\"}}")
