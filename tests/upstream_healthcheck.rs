@@ -1880,3 +1880,112 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
         drop(silent);
     }
 }
+
+#[test]
+fn healthcheck_honours_state_written_in_the_originals_layout() {
+    for strategy in Strategy::ALL {
+        let backends: Vec<Backend> = (0..4).map(|i| Backend::http(&format!("ok{i}"))).collect();
+        let p: Vec<u16> = backends.iter().map(|b| b.port()).collect();
+        let refused = free_port();
+        // The original keys its state by index: "v:UPSTREAM" (version), "d:UPSTREAM:p1" (the
+        // second primary is down), "d:UPSTREAM:b0" (the first backup). The first worker to
+        // start seeds them, as a running original would have left them.
+        let http_body = format!(
+            r#"
+    lua_shared_dict healthcheck 1m;
+    upstream foo.com {{
+        server 127.0.0.1:{};
+        server 127.0.0.1:{};
+        server 127.0.0.1:{} backup;
+    }}
+    upstream baz {{
+        server 127.0.0.1:{refused} down;
+        server 127.0.0.1:{};
+    }}
+    init_worker_by_lua_block {{
+        ngx.config.debug = true
+        local dict = ngx.shared.healthcheck
+        if dict:add("seeded", true) then
+            assert(dict:set("v:foo.com", 1))
+            assert(dict:set("d:foo.com:p1", true))
+            assert(dict:set("d:foo.com:b0", true))
+            assert(dict:set("v:baz", 1))
+        end
+        {}
+        {}
+    }}
+"#,
+            p[0],
+            p[1],
+            p[2],
+            p[3],
+            checker("foo.com", "valid_statuses = {200},"),
+            checker("baz", "valid_statuses = {200},"),
+        );
+        let dir = temp_dir(&format!("hc-layout-{}", strategy.name()));
+        set_mode(dir.path(), 0o755);
+        let prefix = unpack_bundle(strategy, dir.path());
+        let port = free_port();
+        let full = conf(strategy, port, &http_body).replace("error.log info", "error.log debug");
+        let nginx = Nginx::start(&prefix, &full, &[port]);
+        let peer = |port: u16| format!("127.0.0.1:{port}");
+
+        // The flagged peers start down, then rise; the peer marked down in the configuration
+        // follows the published state (up, as no flag says otherwise), then its checks.
+        for line in [
+            format!(
+                "warn(): healthcheck: peer {} is turned up after 2 success(es)",
+                peer(p[1])
+            ),
+            format!(
+                "warn(): healthcheck: peer {} is turned up after 2 success(es)",
+                peer(p[2])
+            ),
+            format!(
+                "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
+                peer(refused)
+            ),
+        ] {
+            wait_module_line(&nginx, &line, Duration::from_secs(10));
+        }
+        let log = nginx.error_log();
+        let messages: Vec<String> = module_lines(&log)
+            .iter()
+            .map(|l| split_location(l).1)
+            .collect();
+        for e in [
+            "debug(): healthcheck: upgrading peers version to 1".to_owned(),
+            "debug(): healthcheck: publishing peers version 2".to_owned(),
+            format!(
+                "errlog(): healthcheck: failed to connect to {}: connection refused",
+                peer(refused)
+            ),
+        ] {
+            assert!(
+                messages.contains(&e),
+                "[{}] no line {e:?} in:\n{}",
+                strategy.name(),
+                messages.join("\n")
+            );
+        }
+        assert!(
+            !messages
+                .iter()
+                .any(|m| m.contains(&format!("peer {} is turned", peer(p[0])))),
+            "the unflagged peer stays up"
+        );
+        let want = format!(
+            "Upstream foo.com\n    Primary Peers\n        {} UP\n        {} UP\n    Backup Peers\n        {} UP\n\n\
+             Upstream baz\n    Primary Peers\n        {} DOWN\n        {} UP\n    Backup Peers\n",
+            peer(p[0]),
+            peer(p[1]),
+            peer(p[2]),
+            peer(refused),
+            peer(p[3])
+        );
+        until_all_workers(port, "/status-w", Duration::from_secs(3), |s| s == want)
+            .unwrap_or_else(|| panic!("{}", http::get(port, "/status").body));
+        assert_no_unexpected_errors(&nginx);
+        nginx.quit();
+    }
+}

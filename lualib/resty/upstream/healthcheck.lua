@@ -801,6 +801,8 @@ local probe_families = {
         help = "Duration of the last health check probe of the peer",
         type = "gauge",
         kind = "dur",
+        -- ngx.now() counts milliseconds
+        format = "%.3f",
     },
     {
         name = "nginx_upstream_probe_failures_total",
@@ -808,6 +810,7 @@ local probe_families = {
         type = "counter",
         kind = "fails",
         default = 0,
+        format = "%d",
     },
     {
         name = "nginx_upstream_state_change_timestamp_seconds",
@@ -815,6 +818,7 @@ local probe_families = {
                .. " checker",
         type = "gauge",
         kind = "chg",
+        format = "%.3f",
     },
 }
 
@@ -839,7 +843,7 @@ local function add_probe_family(bits, family, checked)
                                       .. "\",endpoint=\""
                                       .. prom_escape(p.name) .. "\",role=\""
                                       .. role .. "\"} "
-                                      .. str_format("%.15g", v) .. "\n"
+                                      .. str_format(family.format, v) .. "\n"
                 end
             end
         end
