@@ -52,7 +52,7 @@ fn conf(strategy: Strategy, port: u16, http_body: &str) -> String {
         Strategy::Embed => "",
     };
     // a location proxying to upstream foo, when the test defines one
-    let foo = if http_body.contains("upstream foo ") {
+    let foo_location = if http_body.contains("upstream foo ") {
         "location /foo { proxy_pass http://foo; }"
     } else {
         ""
@@ -97,7 +97,7 @@ http {{
                 ngx.print(out or ("ERROR " .. tostring(err)))
             }}
         }}
-        {foo}
+        {foo_location}
     }}
 }}
 "#
