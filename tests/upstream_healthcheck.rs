@@ -1344,6 +1344,15 @@ fn wait_module_line(nginx: &Nginx, line: &str, limit: Duration) -> Duration {
     }
 }
 
+/// `n` distinct ports that were free a moment ago: bound all at once, then released (one
+/// `free_port()` after another may hand out the same port twice).
+fn free_ports<const N: usize>() -> [u16; N] {
+    let listeners: Vec<std::net::TcpListener> = (0..N)
+        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
+        .collect();
+    std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
+}
+
 #[test]
 fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
     // message (ports replaced by the peers' roles) -> "healthcheck.lua:LINE: FUNC()", per bundle
@@ -1354,9 +1363,8 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
         notfound.set_mode(Mode::Status(404));
         let hang = Backend::http("hang");
         hang.set_mode(Mode::Hang);
-        let refused = free_port();
-        let bar: Vec<u16> = (0..7).map(|_| free_port()).collect();
-        let nt = free_port();
+        let [refused, nt, nt_port, port, b0, b1, b2, b3, b4, b5, b6] = free_ports();
+        let bar = [b0, b1, b2, b3, b4, b5, b6];
         let (po, pn, ph) = (ok.port(), notfound.port(), hang.port());
         let bar_servers: String = bar
             .iter()
@@ -1404,12 +1412,11 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
             checker("foo.com", "valid_statuses = {200}, concurrency = 3,"),
             checker("bar", "concurrency = 2, log_upstream = true,"),
         );
-        let nt_port = free_port();
         let http_body = http_body.replace("{NT_PORT}", &nt_port.to_string());
         let dir = temp_dir(&format!("hc-lines-{}", strategy.name()));
         set_mode(dir.path(), 0o755);
         let prefix = unpack_bundle(strategy, dir.path());
-        let port = free_port();
+
         let full = conf(strategy, port, &http_body).replace("error.log info", "error.log debug");
         let nginx = Nginx::start(&prefix, &full, &[port, nt_port]);
 
@@ -1598,7 +1605,7 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
         // Accepts connections and never answers: healthy for a tcp check, which sends nothing.
         let accepts = Backend::http("accepts");
         accepts.set_mode(Mode::Hang);
-        let refused = free_port();
+        let [refused, metrics_peer, m_port, port] = free_ports();
         // Never accepted: the kernel completes the TCP handshake, the TLS one never ends.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let (pt, pa, ps) = (
@@ -1606,7 +1613,6 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
             accepts.port(),
             silent.local_addr().unwrap().port(),
         );
-        let metrics_peer = free_port();
 
         let dir = temp_dir(&format!("hc-tcp-{}", strategy.name()));
         set_mode(dir.path(), 0o755);
@@ -1667,9 +1673,7 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
             tcp("tls_wrong", r#"ssl = true, host = "other.test","#),
             ca = ca_path.display(),
         );
-        let m_port = free_port();
         let http_body = http_body.replace("{M_PORT}", &m_port.to_string());
-        let port = free_port();
         let started = Instant::now();
         let nginx = Nginx::start(&prefix, &conf(strategy, port, &http_body), &[port, m_port]);
         let peer = |p: u16| format!("127.0.0.1:{p}");
@@ -1886,7 +1890,7 @@ fn healthcheck_honours_state_written_in_the_originals_layout() {
     for strategy in Strategy::ALL {
         let backends: Vec<Backend> = (0..4).map(|i| Backend::http(&format!("ok{i}"))).collect();
         let p: Vec<u16> = backends.iter().map(|b| b.port()).collect();
-        let refused = free_port();
+        let [refused, port] = free_ports();
         // The original keys its state by index: "v:UPSTREAM" (version), "d:UPSTREAM:p1" (the
         // second primary is down), "d:UPSTREAM:b0" (the first backup). The first worker to
         // start seeds them, as a running original would have left them.
@@ -1925,7 +1929,6 @@ fn healthcheck_honours_state_written_in_the_originals_layout() {
         let dir = temp_dir(&format!("hc-layout-{}", strategy.name()));
         set_mode(dir.path(), 0o755);
         let prefix = unpack_bundle(strategy, dir.path());
-        let port = free_port();
         let full = conf(strategy, port, &http_body).replace("error.log info", "error.log debug");
         let nginx = Nginx::start(&prefix, &full, &[port]);
         let peer = |port: u16| format!("127.0.0.1:{port}");
