@@ -191,6 +191,8 @@ fn comprehensive_seed_serves_status_and_merged_metrics() {
             assert_eq!(body.lines().filter(|l| *l == want).count(), 1, "[{s}] exactly one {want:?}:\n{body}");
         }
         assert_eq!(body.lines().filter(|l| l.starts_with("nginx_metrics_source_up")).count(), 2, "[{s}] two source lines:\n{body}");
+        assert!(body.contains("# TYPE nginx_upstream_probe_failures_total counter\n"), "[{s}] probe metrics:\n{body}");
+        e2e::promtool::check_metrics(body).unwrap_or_else(|e| panic!("[{s}] promtool check metrics: {e}\n{body}"));
         nginx.quit();
     }
 }

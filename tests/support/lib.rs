@@ -6,6 +6,7 @@
 pub mod backend;
 pub mod http;
 pub mod nginx;
+pub mod promtool;
 pub mod tls;
 
 use std::path::{Path, PathBuf};

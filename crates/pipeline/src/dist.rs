@@ -55,7 +55,9 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let pcre = openssl::build_pcre(project, &sources, &toolchain)?;
     let compiled = nginx::compile(project, &sources, &toolchain, &luajit, &openssl, &pcre)?;
     let modules = lua_closure(project, &sources)?;
-    let bytecode = lua_modules::bytecode(project, &luajit, &modules, true)?;
+    // Debug info kept: log lines and tracebacks then name the same file, line and function
+    // (`healthcheck.lua:123: warn(): ...`) as the lualib bundle's `.lua` files do.
+    let bytecode = lua_modules::bytecode(project, &luajit, &modules, false)?;
     let embedded = nginx::link_embedded(project, &compiled, &toolchain, &luajit, &openssl, &pcre, &bytecode)?;
 
     let out_dir = options.out_dir.clone().unwrap_or_else(|| project.root.join("target/dist"));

@@ -164,10 +164,12 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
 }
 
 /// Compiles `modules` to bytecode objects with the pinned LuaJIT, in a store step keyed by
-/// the sources' contents, and archives them into `liblua-modules.a`.
+/// the sources' contents, and archives them into `liblua-modules.a`. Unless `strip`, the
+/// bytecode keeps line numbers and names, with the chunk name `@<relative path>` (e.g.
+/// `@resty/upstream/healthcheck.lua`), never a build path.
 pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip: bool) -> Result<Artifact> {
     let layout = luajit::Layout::new(luajit);
-    let mut step = Step::new(if strip { "lua-bytecode" } else { "lua-bytecode-debug" })
+    let mut step = Step::new("lua-bytecode")
         .code(repro::code_id!("src/lua_modules.rs"))
         .input("strip", strip.to_string())
         .dep("luajit", luajit);

@@ -1,23 +1,28 @@
--- resty.upstream.healthcheck: active HTTP(S) health checks for nginx
--- upstream peers, driving ngx.upstream.set_peer_down().
+-- resty.upstream.healthcheck: active HTTP(S) and TCP health checks for
+-- nginx upstream peers, driving ngx.upstream.set_peer_down().
 --
--- Written for this project from its specification (specs/healthcheck.md);
--- API-compatible with the module of the same name shipped by OpenResty
--- (0.08): spawn_checker(), status_page(), prometheus_status_page().
+-- Written for this project from its specification; a drop-in for the module
+-- of the same name shipped by OpenResty (0.08): the same API
+-- (spawn_checker(), status_page(), prometheus_status_page()), the same log
+-- lines, written by functions of the same names (errlog(), warn(), debug()),
+-- and the same debug lines when ngx.config.debug is set.  Beyond it: the
+-- "tcp" check type, per-peer probe metrics, and state keyed by peer name.
 --
 -- How it works, in short:
 --   * every worker runs one timer per checker; on each tick it first
---     applies the shared state to its own copy of the peers, then tries to
---     take a short lock in the shm; only the worker holding the lock probes;
+--     applies the shared state to its own copy of the peers when the shared
+--     version moved, then tries to take a short lock in the shm; only the
+--     worker holding the lock probes;
 --   * the shared state lives in the shm, keyed by upstream, role
 --     (primary/backup) and peer *name*, so a reload that reorders, adds or
 --     removes servers never hands one peer's state to another;
---   * a per-upstream version number in the shm tells the other workers that
---     down flags changed, so all workers agree within one interval.
+--   * a per-upstream version number in the shm, bumped once per round that
+--     changed a peer, tells the other workers to re-apply the down flags.
 --
--- Only ngx.* APIs are used and nothing depends on debug information or the
--- file the code was loaded from: the module works as plain Lua and as
--- LuaJIT bytecode linked into the nginx binary.
+-- Log lines name the file, line and function that wrote them, so this file
+-- is loaded with its debug information in both strategies (the embed
+-- bundle's bytecode keeps it, with the chunk name
+-- "@resty/upstream/healthcheck.lua"); the code itself depends on neither.
 
 local upstream = require "ngx.upstream"
 
@@ -31,6 +36,9 @@ local spawn = ngx.thread.spawn
 local wait = ngx.thread.wait
 local tcp = ngx.socket.tcp
 local shared = ngx.shared
+local now = ngx.now
+local update_time = ngx.update_time
+local debug_mode = ngx.config.debug
 
 local get_upstreams = upstream.get_upstreams
 local get_primary_peers = upstream.get_primary_peers
@@ -46,8 +54,9 @@ local concat = table.concat
 local str_match = string.match
 local str_sub = string.sub
 local str_gsub = string.gsub
+local str_format = string.format
 local floor = math.floor
-local min = math.min
+local ceil = math.ceil
 
 
 local _M = {
@@ -55,21 +64,47 @@ local _M = {
 }
 
 
--- number of checkers this worker runs, per upstream name (status pages)
+-- number of checkers this worker runs, per upstream name (status pages),
+-- and the shm of the upstream's latest checker (probe metrics)
 local checkers_by_upstream = {}
+local shm_by_upstream = {}
 
 
--- Shm keys.  The kind comes first and the upstream name is followed by a
--- newline, which no upstream name can hold, so keys of different kinds or
--- upstreams never collide (implicit upstream names contain ':').
+-- The three log functions.  Their names and the ngx.log() calls inside them
+-- are part of the output: nginx prefixes each line with
+-- "healthcheck.lua:LINE: NAME(): ", NAME being how the caller refers to the
+-- function, so they are only ever called as errlog/warn/debug, and never in
+-- tail position (a tail call loses the name).
+
+local function warn(...)
+    log(WARN, "healthcheck: ", ...)
+end
+
+
+local function errlog(...)
+    log(ERR, "healthcheck: ", ...)
+end
+
+
+local function debug(...)
+    if debug_mode then
+        log(DEBUG, "healthcheck: ", ...)
+    end
+end
+
+
+-- Shm keys.  Per-peer keys put the kind first and end the upstream name with
+-- a newline, which no upstream name can hold, so keys of different kinds or
+-- upstreams never collide (implicit upstream names contain ':').  The
+-- version and lock keys are the original module's.
 
 local function key_version(u)
-    return "hc:v:" .. u
+    return "v:" .. u
 end
 
 
 local function key_lock(u)
-    return "hc:l:" .. u
+    return "l:" .. u
 end
 
 
@@ -78,8 +113,11 @@ local function key_peer(kind, u, role, name)
 end
 
 
-local function errlog(...)
-    log(ERR, "healthcheck: ", ...)
+-- The original module's down flag: present (true) while the peer at this
+-- index is down.  Honoured when no flag of ours exists for the peer.
+
+local function key_index_down(u, role, id)
+    return "d:" .. u .. ":" .. role .. id
 end
 
 
@@ -91,6 +129,7 @@ local function build_targets(ctx, peers, is_backup)
     local targets = {}
     local by_name = {}
     local role = is_backup and "b" or "p"
+    local u = ctx.upstream
 
     for _, peer in ipairs(peers) do
         local name = peer.name
@@ -116,13 +155,18 @@ local function build_targets(ctx, peers, is_backup)
             t = {
                 name = name,
                 is_backup = is_backup,
+                role = is_backup and "backup" or "primary",
                 host = host,
                 port = port,
                 ids = {},
                 down = peer.down and true or false,
-                k_down = key_peer("d", ctx.upstream, role, name),
-                k_ok = key_peer("ok", ctx.upstream, role, name),
-                k_nok = key_peer("nok", ctx.upstream, role, name),
+                k_down = key_peer("d", u, role, name),
+                k_index_down = key_index_down(u, role, peer.id),
+                k_ok = key_peer("ok", u, role, name),
+                k_nok = key_peer("nok", u, role, name),
+                k_duration = key_peer("dur", u, role, name),
+                k_failures = key_peer("fails", u, role, name),
+                k_changed = key_peer("chg", u, role, name),
             }
 
             by_name[name] = t
@@ -140,8 +184,7 @@ local function set_target_down(ctx, t, down)
     for _, id in ipairs(t.ids) do
         local ok, err = set_peer_down(ctx.upstream, t.is_backup, id, down)
         if not ok then
-            errlog("failed to set peer ", t.name, " ", down and "down"
-                   or "up", ": ", err, " (upstream ", ctx.upstream, ")")
+            errlog("failed to set peer down: ", err, ctx.log_suffix)
         end
     end
 
@@ -149,11 +192,25 @@ local function set_target_down(ctx, t, down)
 end
 
 
+-- The shared down flag of a peer: ours, else the original module's, else
+-- nil (never judged).
+
+local function shared_down(ctx, t)
+    local dict = ctx.dict
+    local down = dict:get(t.k_down)
+    if down == nil and dict:get(t.k_index_down) then
+        down = true
+    end
+
+    return down
+end
+
+
 -- Is the peer down as far as the checkers are concerned?  The shm flag is
--- authoritative; a peer never judged yet keeps its configured state.
+-- authoritative; a peer never judged keeps this worker's state.
 
 local function target_is_down(ctx, t)
-    local down = ctx.dict:get(t.k_down)
+    local down = shared_down(ctx, t)
     if down == nil then
         return t.down
     end
@@ -167,35 +224,27 @@ local function change_state(ctx, t, down)
 
     local ok, err = dict:set(t.k_down, down)
     if not ok then
-        errlog("failed to set peer state in shm \"", ctx.shm_name, "\": ",
-               err, " (upstream ", ctx.upstream, ")")
+        errlog("failed to set peer down state: ", err, ctx.log_suffix)
     end
 
+    dict:set(t.k_changed, now())
     set_target_down(ctx, t, down)
 
-    -- tell the other workers to re-apply the shared down flags
-    local v
-    v, err = dict:incr(key_version(ctx.upstream), 1, 0)
-    if not v then
-        errlog("failed to bump version in shm \"", ctx.shm_name, "\": ",
-               err, " (upstream ", ctx.upstream, ")")
-    end
+    -- published at the end of the round, for the other workers
+    ctx.new_version = true
 end
 
 
-local function peer_fail(ctx, t, ...)
-    local dict = ctx.dict
-    local down = target_is_down(ctx, t)
+local function peer_fail(ctx, t, down)
+    debug("peer ", t.name, " was checked to be not ok")
 
-    if not down then
-        -- only while up: a dead peer would otherwise flood the log
-        log(ERR, "healthcheck: ", ...)
-    end
+    local dict = ctx.dict
+
+    dict:incr(t.k_failures, 1, 0)
 
     local nok, err = dict:incr(t.k_nok, 1, 0)
     if not nok then
-        errlog("failed to count failure of peer ", t.name, ": ", err,
-               " (upstream ", ctx.upstream, ")")
+        errlog("failed to incr peer nok key: ", err, ctx.log_suffix)
         return
     end
 
@@ -204,21 +253,21 @@ local function peer_fail(ctx, t, ...)
     end
 
     if not down and nok >= ctx.fall then
-        log(WARN, "healthcheck: peer ", t.name, " is turned down after ",
-            nok, " failure(s) (upstream ", ctx.upstream, ")")
+        warn("peer ", t.name, " is turned down after ", nok, " failure(s)",
+             ctx.log_suffix)
         change_state(ctx, t, true)
     end
 end
 
 
-local function peer_ok(ctx, t)
+local function peer_ok(ctx, t, down)
+    debug("peer ", t.name, " was checked to be ok")
+
     local dict = ctx.dict
-    local down = target_is_down(ctx, t)
 
     local ok, err = dict:incr(t.k_ok, 1, 0)
     if not ok then
-        errlog("failed to count success of peer ", t.name, ": ", err,
-               " (upstream ", ctx.upstream, ")")
+        errlog("failed to incr peer ok key: ", err, ctx.log_suffix)
         return
     end
 
@@ -227,19 +276,33 @@ local function peer_ok(ctx, t)
     end
 
     if down and ok >= ctx.rise then
-        log(WARN, "healthcheck: peer ", t.name, " is turned up after ", ok,
-            " success(es) (upstream ", ctx.upstream, ")")
+        warn("peer ", t.name, " is turned up after ", ok, " success(es)",
+             ctx.log_suffix)
         change_state(ctx, t, false)
     end
 end
 
 
--- One probe: connect, TLS for https, send the raw request, read only the
--- status line, close.
+-- A failed probe: the error is logged only while the peer is up (a dead
+-- peer would otherwise flood the log), then counted.
 
-local function check_peer(ctx, t)
-    local u = ctx.upstream
+local function peer_error(ctx, t, down, ...)
+    if not down then
+        errlog(...)
+    end
+
+    peer_fail(ctx, t, down)
+end
+
+
+-- One probe.  http/https: connect, TLS for https, send the raw request,
+-- read only the status line.  tcp: connect, TLS with ssl = true, nothing
+-- sent.  The socket is closed either way, so each probe opens a connection.
+
+local function probe(ctx, t)
     local name = t.name
+    local suffix = ctx.log_suffix
+    local down = target_is_down(ctx, t)
 
     local sock, err = tcp()
     if not sock then
@@ -257,122 +320,166 @@ local function check_peer(ctx, t)
     end
 
     if not ok then
-        if ctx.port and t.port then
-            return peer_fail(ctx, t, "failed to connect to peer ", name,
-                             " on port ", t.port, ": ", err,
-                             " (upstream ", u, ")")
+        if not down then
+            errlog("failed to connect to ", name, ": ", err, suffix)
         end
 
-        return peer_fail(ctx, t, "failed to connect to peer ", name, ": ",
-                         err, " (upstream ", u, ")")
+        peer_fail(ctx, t, down)
+        return
     end
 
-    if ctx.https then
-        ok, err = sock:sslhandshake(false, ctx.host, ctx.ssl_verify)
+    if ctx.ssl then
+        ok, err = sock:sslhandshake(nil, ctx.host, ctx.ssl_verify)
         if not ok then
             sock:close()
-            return peer_fail(ctx, t, "failed to do SSL handshake with peer ",
-                             name, ": ", err, " (upstream ", u, ")")
+            peer_error(ctx, t, down, "failed to ssl handshake to ", name,
+                       ": ", err, suffix)
+            return
         end
+    end
+
+    if not ctx.http_req then
+        if ctx.ssl then
+            -- lua-nginx-module reports a handshake that completed at once
+            -- but failed verification as a success, on a closed socket
+            local reused
+            reused, err = sock:getreusedtimes()
+            if not reused then
+                sock:close()
+                peer_error(ctx, t, down, "failed to ssl handshake to ", name,
+                           ": ", err, suffix)
+                return
+            end
+        end
+
+        sock:close()
+        peer_ok(ctx, t, down)
+        return
     end
 
     local bytes
     bytes, err = sock:send(ctx.http_req)
     if not bytes then
         sock:close()
-        return peer_fail(ctx, t, "failed to send request to peer ", name,
-                         ": ", err, " (upstream ", u, ")")
+        peer_error(ctx, t, down, "failed to send request to ", name, ": ",
+                   err, suffix)
+        return
     end
 
     local line
     line, err = sock:receive()
-    if not line then
-        sock:close()
-        return peer_fail(ctx, t, "failed to receive status line from peer ",
-                         name, ": ", err, " (upstream ", u, ")")
-    end
-
     sock:close()
+    if not line then
+        peer_error(ctx, t, down, "failed to receive status line from ",
+                   name, ": ", err, suffix)
+        return
+    end
 
     local statuses = ctx.statuses
     if statuses then
-        local code = str_match(line, "^HTTP/%d+%.%d+%s+(%d%d%d)")
+        local code = str_match(line, "^HTTP/%d+%.%d+%s+(%d+)")
         if not code then
-            return peer_fail(ctx, t, "bad status line from peer ", name,
-                             ": \"", line, "\" (upstream ", u, ")")
+            peer_error(ctx, t, down, "bad status line from ", name, ": ",
+                       line, suffix)
+            return
         end
 
         code = tonumber(code)
         if not statuses[code] then
-            return peer_fail(ctx, t, "bad status code from peer ", name, ": ",
-                             code, " (upstream ", u, ")")
+            peer_error(ctx, t, down, "bad status code from ", name, ": ",
+                       code, suffix)
+            return
         end
     end
 
-    return peer_ok(ctx, t)
+    peer_ok(ctx, t, down)
 end
 
 
--- Probe a list of targets over up to ctx.concurrency light threads, each
--- taking the next unchecked target until none is left.
+-- A probe and its duration, kept in the shm for the metrics page (the
+-- probing worker is rarely the one asked for the page).
 
-local function check_targets(ctx, targets)
+local function check_peer(ctx, t)
+    update_time()
+    local started = now()
+
+    probe(ctx, t)
+
+    update_time()
+    ctx.dict:set(t.k_duration, now() - started)
+end
+
+
+local function check_peer_range(ctx, targets, from, to)
+    for i = from, to do
+        check_peer(ctx, targets[i])
+    end
+end
+
+
+-- Probe a list of targets over up to ctx.concurrency light threads, split
+-- as the original module splits them (and logged the same way): with no
+-- more targets than threads, one target each; otherwise consecutive groups
+-- of ceil(n / concurrency), the last group run by the calling thread.
+
+local function check_targets(ctx, targets, is_backup)
     local n = #targets
     if n == 0 then
         return
     end
 
-    local next_idx = 0
-
-    local function run()
-        while true do
-            next_idx = next_idx + 1
-            local i = next_idx
-            if i > n then
-                return
-            end
-
-            check_peer(ctx, targets[i])
-        end
+    local concurrency = ctx.concurrency
+    if concurrency <= 1 then
+        check_peer_range(ctx, targets, 1, n)
+        return
     end
 
-    local nthreads = min(ctx.concurrency, n)
+    local role = is_backup and "backup" or "primary"
     local threads = {}
 
-    for _ = 2, nthreads do
-        local th, err = spawn(run)
-        if th then
-            threads[#threads + 1] = th
-        else
-            errlog("failed to spawn light thread: ", err,
-                   " (upstream ", ctx.upstream, ")")
+    if n <= concurrency then
+        for i = 1, n - 1 do
+            debug("spawn a thread checking ", role, " peer ", i - 1)
+            threads[#threads + 1] = spawn(check_peer, ctx, targets[i])
         end
-    end
 
-    run()
+        debug("check ", role, " peer ", n - 1)
+        check_peer(ctx, targets[n])
+
+    else
+        local group = ceil(n / concurrency)
+        local from = 1
+
+        while from + group <= n do
+            local to = from + group - 1
+            debug("spawn a thread checking ", role, " peers ", from - 1,
+                  " to ", to - 1)
+            threads[#threads + 1] = spawn(check_peer_range, ctx, targets,
+                                          from, to)
+            from = to + 1
+        end
+
+        debug("check ", role, " peers ", from - 1, " to ", n - 1)
+        check_peer_range(ctx, targets, from, n)
+    end
 
     for _, th in ipairs(threads) do
         local ok, err = wait(th)
         if not ok then
-            errlog("light thread failed: ", err,
-                   " (upstream ", ctx.upstream, ")")
+            errlog("light thread failed: ", err, ctx.log_suffix)
         end
     end
 end
 
 
 -- Apply the shared down flags to this worker's copy of the peers (needed
--- without an upstream zone, harmless with one).
+-- without an upstream zone, harmless with one).  As in the original, once
+-- a version is published a peer without a down flag is up.
 
 local function sync_targets(ctx, targets)
-    local dict = ctx.dict
-
     for _, t in ipairs(targets) do
-        local down = dict:get(t.k_down)
-        if down ~= nil and down ~= t.down then
-            log(DEBUG, "healthcheck: worker ", ngx.worker.pid(), " sets peer ",
-                t.name, down and " down" or " up", " (upstream ",
-                ctx.upstream, ")")
+        local down = shared_down(ctx, t) or false
+        if down ~= t.down then
             set_target_down(ctx, t, down)
         end
     end
@@ -380,6 +487,8 @@ end
 
 
 local function do_check(ctx)
+    debug("healthcheck: run a check cycle")
+
     local u = ctx.upstream
     local dict = ctx.dict
 
@@ -388,8 +497,7 @@ local function do_check(ctx)
 
     local peers, err = get_primary_peers(u)
     if not peers then
-        errlog("failed to get primary peers: ", err,
-               " (upstream ", u, ")")
+        errlog("failed to get primary peers: ", err, ctx.log_suffix)
         return
     end
 
@@ -397,14 +505,21 @@ local function do_check(ctx)
 
     peers, err = get_backup_peers(u)
     if not peers then
-        errlog("failed to get backup peers: ", err, " (upstream ", u, ")")
+        errlog("failed to get backup peers: ", err, ctx.log_suffix)
         return
     end
 
     local backup = build_targets(ctx, peers, true)
 
     local version = dict:get(key_version(u))
-    if version and version ~= ctx.version then
+    if not version then
+        -- the shm was flushed: publish our state again
+        if ctx.version > 0 then
+            ctx.new_version = true
+        end
+
+    elseif ctx.version < version then
+        debug("upgrading peers version to ", version)
         sync_targets(ctx, primary)
         sync_targets(ctx, backup)
         ctx.version = version
@@ -415,17 +530,28 @@ local function do_check(ctx)
 
     local ok
     ok, err = dict:add(key_lock(u), true, ctx.lock_ttl)
-    if not ok then
-        if err ~= "exists" then
-            errlog("failed to add lock to shm \"", ctx.shm_name, "\": ",
-                   err, " (upstream ", u, ")")
-        end
+    if ok then
+        check_targets(ctx, primary, false)
+        check_targets(ctx, backup, true)
 
-        return
+    elseif err ~= "exists" then
+        errlog("failed to add key \"", key_lock(u), "\": ", err)
     end
 
-    check_targets(ctx, primary)
-    check_targets(ctx, backup)
+    if ctx.new_version then
+        debug("publishing peers version ", ctx.version + 1)
+
+        dict:add(key_version(u), 0)
+        local v
+        v, err = dict:incr(key_version(u), 1)
+        if not v then
+            errlog("failed to publish new peers version: ", err)
+
+        else
+            ctx.version = v
+            ctx.new_version = nil
+        end
+    end
 end
 
 
@@ -438,14 +564,12 @@ check = function(premature, ctx)
 
     local ok, err = pcall(do_check, ctx)
     if not ok then
-        errlog("failed to run health check cycle: ", err,
-               " (upstream ", ctx.upstream, ")")
+        errlog("failed to run healthcheck cycle: ", err)
     end
 
     ok, err = timer_at(ctx.interval, check, ctx)
     if not ok and err ~= "process exiting" then
-        errlog("failed to create timer: ", err,
-               " (upstream ", ctx.upstream, ")")
+        errlog("failed to create timer: ", err)
     end
 end
 
@@ -460,12 +584,19 @@ function _M.spawn_checker(opts)
         return nil, "\"type\" option required"
     end
 
-    if typ ~= "http" and typ ~= "https" then
-        return nil, "only \"http\" and \"https\" type are supported right now"
+    if typ ~= "http" and typ ~= "https" and typ ~= "tcp" then
+        return nil, "only \"http\", \"https\" and \"tcp\" type are supported"
+                    .. " right now"
     end
 
     local http_req = opts.http_req
-    if not http_req then
+    if typ == "tcp" then
+        if http_req ~= nil then
+            return nil, "\"http_req\" option not allowed with type \"tcp\""
+                        .. " (a tcp check sends nothing)"
+        end
+
+    elseif not http_req then
         return nil, "\"http_req\" option required"
     end
 
@@ -478,6 +609,11 @@ function _M.spawn_checker(opts)
 
     local statuses
     if opts.valid_statuses then
+        if typ == "tcp" then
+            return nil, "\"valid_statuses\" option not allowed with type"
+                        .. " \"tcp\""
+        end
+
         statuses = {}
         for _, code in ipairs(opts.valid_statuses) do
             local c = tonumber(code)
@@ -529,7 +665,7 @@ function _M.spawn_checker(opts)
         upstream = u,
         shm_name = shm_name,
         dict = dict,
-        https = typ == "https",
+        ssl = typ == "https" or (typ == "tcp" and opts.ssl and true or false),
         http_req = http_req,
         timeout = timeout,
         interval = interval,
@@ -542,14 +678,27 @@ function _M.spawn_checker(opts)
         host = opts.host,
         ssl_verify = ssl_verify and true or false,
         version = 0,
+        -- appended to probe and state-change lines; the original's lines
+        -- carry no upstream name, so only on request
+        log_suffix = opts.log_upstream and (" (upstream " .. u .. ")") or "",
     }
 
-    ok, err = timer_at(0, check, ctx)
-    if not ok then
-        return nil, "failed to create timer: " .. err
+    if opts.no_timer then
+        -- one round now, in the calling request; no timer
+        ok, err = pcall(do_check, ctx)
+        if not ok then
+            errlog("failed to run healthcheck cycle: ", err)
+        end
+
+    else
+        ok, err = timer_at(0, check, ctx)
+        if not ok then
+            return nil, "failed to create timer: " .. err
+        end
     end
 
     checkers_by_upstream[u] = (checkers_by_upstream[u] or 0) + 1
+    shm_by_upstream[u] = dict
 
     return true
 end
@@ -642,6 +791,66 @@ local function add_prom_peer_lines(bits, u, peers, role)
 end
 
 
+-- The probe metrics, beyond the original's page: one family at a time (the
+-- text format wants a family's series together), one series per distinct
+-- peer of each checked upstream, read from the shm.
+
+local probe_families = {
+    {
+        name = "nginx_upstream_probe_duration_seconds",
+        help = "Duration of the last health check probe of the peer",
+        type = "gauge",
+        kind = "dur",
+        -- ngx.now() counts milliseconds
+        format = "%.3f",
+    },
+    {
+        name = "nginx_upstream_probe_failures_total",
+        help = "Failed health check probes of the peer",
+        type = "counter",
+        kind = "fails",
+        default = 0,
+        format = "%d",
+    },
+    {
+        name = "nginx_upstream_state_change_timestamp_seconds",
+        help = "Unix time of the peer's last state change by the health"
+               .. " checker",
+        type = "gauge",
+        kind = "chg",
+        format = "%.3f",
+    },
+}
+
+
+local function add_probe_family(bits, family, checked)
+    bits[#bits + 1] = "# HELP " .. family.name .. " " .. family.help .. "\n"
+    bits[#bits + 1] = "# TYPE " .. family.name .. " " .. family.type .. "\n"
+
+    for _, c in ipairs(checked) do
+        local seen = {}
+
+        for _, p in ipairs(c.peers) do
+            local role = p.role
+            local key = key_peer(family.kind, c.upstream, role == "BACKUP"
+                                 and "b" or "p", p.name)
+            if not seen[key] then
+                seen[key] = true
+
+                local v = c.dict:get(key) or family.default
+                if v then
+                    bits[#bits + 1] = family.name .. "{name=\"" .. c.name
+                                      .. "\",endpoint=\""
+                                      .. prom_escape(p.name) .. "\",role=\""
+                                      .. role .. "\"} "
+                                      .. str_format(family.format, v) .. "\n"
+                end
+            end
+        end
+    end
+end
+
+
 function _M.prometheus_status_page()
     local us, err = get_upstreams()
     if not us then
@@ -654,32 +863,50 @@ function _M.prometheus_status_page()
         "# TYPE nginx_upstream_status_info gauge\n",
     }
 
+    local checked = {}
+
     for _, u in ipairs(us) do
         local name = prom_escape(u)
         local up, down, unknown = 0, 0, 0
 
         if has_checker(u) then
-            local peers
-            peers, err = get_primary_peers(u)
-            if not peers then
+            local primary
+            primary, err = get_primary_peers(u)
+            if not primary then
                 return nil, "failed to get primary peers in upstream " .. u
                             .. ": " .. tostring(err)
             end
 
-            local nup = add_prom_peer_lines(bits, name, peers, "PRIMARY")
+            local nup = add_prom_peer_lines(bits, name, primary, "PRIMARY")
 
-            peers, err = get_backup_peers(u)
-            if not peers then
+            local backup
+            backup, err = get_backup_peers(u)
+            if not backup then
                 return nil, "failed to get backup peers in upstream " .. u
                             .. ": " .. tostring(err)
             end
 
-            nup = nup + add_prom_peer_lines(bits, name, peers, "BACKUP")
+            nup = nup + add_prom_peer_lines(bits, name, backup, "BACKUP")
 
             if nup > 0 then
                 up = 1
             else
                 down = 1
+            end
+
+            local dict = shm_by_upstream[u]
+            if dict then
+                local peers = {}
+                for _, p in ipairs(primary) do
+                    peers[#peers + 1] = { name = p.name, role = "PRIMARY" }
+                end
+                for _, p in ipairs(backup) do
+                    peers[#peers + 1] = { name = p.name, role = "BACKUP" }
+                end
+
+                checked[#checked + 1] = {
+                    upstream = u, name = name, dict = dict, peers = peers,
+                }
             end
 
         else
@@ -692,6 +919,10 @@ function _M.prometheus_status_page()
         bits[#bits + 1] = prefix .. "UP\"} " .. up .. "\n"
         bits[#bits + 1] = prefix .. "DOWN\"} " .. down .. "\n"
         bits[#bits + 1] = prefix .. "UNKNOWN\"} " .. unknown .. "\n"
+    end
+
+    for _, family in ipairs(probe_families) do
+        add_probe_family(bits, family, checked)
     end
 
     return concat(bits)
