@@ -151,7 +151,7 @@ fn lualib_bundle_runs_after_being_moved_and_its_default_conf_starts_as_is() {
     let status = Command::new(moved.join("sbin/nginx")).arg("-p").arg(&moved).arg("-t").output().unwrap();
     assert!(status.status.success(), "{}", String::from_utf8_lossy(&status.stderr));
     let conf = fs::read_to_string(moved.join("conf/nginx.conf")).unwrap();
-    if std::net::TcpListener::bind("0.0.0.0:8080").is_ok() {
+    if TcpListener::bind("0.0.0.0:8080").is_ok() {
         let nginx = Nginx::start(&moved, &conf, &[8080]);
         let response = http::get(8080, "/");
         assert!(response.body.contains("(lualib) nginx/1.22.1"), "{}", response.body);

@@ -16,7 +16,7 @@ fn header(out: &mut Vec<u8>, name: &str, mode: &str, size: usize) {
     let field = |out: &mut Vec<u8>, s: &str, w: usize| {
         debug_assert!(s.len() <= w);
         out.extend_from_slice(s.as_bytes());
-        out.extend(std::iter::repeat(b' ').take(w - s.len()));
+        out.extend(std::iter::repeat_n(b' ', w - s.len()));
     };
     field(out, name, 16);
     field(out, "0", 12); // date

@@ -223,7 +223,7 @@ mod tests {
     #[test]
     fn multi_byte_uleb() {
         let mut b = vec![0x1b, b'L', b'J', 2, 0x08, 0x80 | 0x2c, 0x01];
-        b.extend(std::iter::repeat(b'x').take(172));
+        b.extend(std::iter::repeat_n(b'x', 172));
         let h = BytecodeHeader::parse(&b).unwrap();
         assert_eq!(h.chunk_name.unwrap().len(), 172);
     }

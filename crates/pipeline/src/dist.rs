@@ -89,7 +89,7 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
 
 /// Every step of a dist of `project`'s checkout with its derivation, without building
 /// anything (`project` must be [`Project::planning`]); the sources must be vendored.
-pub fn plan(project: &Project) -> Result<Vec<(repro::Step, Artifact)>> {
+pub fn plan(project: &Project) -> Result<Vec<(Step, Artifact)>> {
     if !project.is_planning() {
         return Err(Error::new("dist::plan needs a planning project (Project::planning)"));
     }

@@ -1,15 +1,18 @@
 //! Runs `require("greeting").hello("world")` from Lua modules embedded as LuaJIT
 //! bytecode; no .lua file is read at run time (package.path is emptied first).
 
+#[cfg(embedded_lua)]
 use std::ffi::{c_char, c_int, CStr};
 use std::process::ExitCode;
 
+#[cfg(embedded_lua)]
 #[allow(non_camel_case_types)]
 #[repr(C)]
 struct lua_State {
     _opaque: [u8; 0],
 }
 
+#[cfg(embedded_lua)]
 extern "C" {
     fn luaL_newstate() -> *mut lua_State;
     fn luaL_openlibs(l: *mut lua_State);
@@ -22,11 +25,13 @@ extern "C" {
     fn luabc_preload_all(l: *mut lua_State) -> c_int;
 }
 
+#[cfg(embedded_lua)]
 const CHUNK: &CStr = c"package.path, package.cpath = '', ''
 local greeting = require('greeting')
 return greeting.hello('world') .. '\\n(from ' .. greeting.source() .. ')'";
 
 /// The string at the top of the stack (or a placeholder), popped.
+#[cfg(embedded_lua)]
 unsafe fn pop_string(l: *mut lua_State) -> String {
     let p = lua_tolstring(l, -1, std::ptr::null_mut());
     let s = if p.is_null() { "(not a string)".into() } else { CStr::from_ptr(p).to_string_lossy().into_owned() };
@@ -34,6 +39,15 @@ unsafe fn pop_string(l: *mut lua_State) -> String {
     s
 }
 
+#[cfg(not(embedded_lua))]
+fn main() -> ExitCode {
+    eprintln!(
+        "embed-lua was built without its Lua modules: build it with LUABC_LUAJIT, LUABC_LUA_PATH, LUAJIT_LIB_DIR and LUAJIT_INC_DIR set (see build.rs)"
+    );
+    ExitCode::FAILURE
+}
+
+#[cfg(embedded_lua)]
 fn main() -> ExitCode {
     // SAFETY: plain Lua C API use on a state owned by this function.
     unsafe {
