@@ -255,7 +255,7 @@ fn bundles_are_named_summed_and_carry_provenance_and_examples() {
     let dist = e2e::dist();
     let sums = fs::read_to_string(&dist.sha256sums).unwrap();
     for strategy in Strategy::ALL {
-        let bundle = dist.bundle(strategy.name());
+        let bundle = dist.bundle(strategy);
         let name = bundle.tarball.file_name().unwrap().to_string_lossy().into_owned();
         assert_eq!(name, format!("static-nginx-{}-{}-x86_64-linux-musl.tar.gz", env!("CARGO_PKG_VERSION"), strategy.name()));
         assert!(sums.contains(&format!("{}  {name}", pipeline::dist::sha256_file(&bundle.tarball).unwrap())), "{sums}");
@@ -334,6 +334,6 @@ fn two_dists_at_once_both_succeed_and_build_each_step_once() {
         let name = bundle.tarball.file_name().unwrap().to_string_lossy().into_owned();
         assert!(sums.contains(&format!("{}  {name}", pipeline::dist::sha256_file(&bundle.tarball).unwrap())), "{sums}");
     }
-    let changed = fs::read(&results[0].bundle("embed").binary).unwrap() != fs::read(&first.bundle("embed").binary).unwrap();
+    let changed = fs::read(&results[0].bundle(Strategy::Embed).binary).unwrap() != fs::read(&first.bundle(Strategy::Embed).binary).unwrap();
     assert!(changed, "the changed Lua is embedded");
 }

@@ -32,7 +32,7 @@ fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_ident
     assert_eq!(origins.matches(repro::vendor::FROM_CACHE).count(), trees.len(), "{origins}");
 
     assert!(second.steps.iter().all(|s| s.built), "the second build shares nothing with the first");
-    for strategy in pipeline::dist::STRATEGIES {
+    for strategy in pipeline::Strategy::ALL {
         let (a, b) = (first.bundle(strategy), second.bundle(strategy));
         let sha = |p: &std::path::Path| pipeline::dist::sha256_file(p).unwrap();
         assert_eq!(sha(&a.binary), sha(&b.binary), "{strategy} binary: {} vs {}", a.binary.display(), b.binary.display());

@@ -14,24 +14,7 @@ use std::sync::OnceLock;
 
 pub use nginx::Nginx;
 
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Strategy {
-    /// Every Lua module compiled to bytecode inside the binary; no `.lua` file ships.
-    Embed,
-    /// The same binary with the Lua files under `lualib/`.
-    Lualib,
-}
-
-impl Strategy {
-    pub const ALL: [Strategy; 2] = [Strategy::Embed, Strategy::Lualib];
-
-    pub fn name(self) -> &'static str {
-        match self {
-            Strategy::Embed => "embed",
-            Strategy::Lualib => "lualib",
-        }
-    }
-}
+pub use pipeline::Strategy;
 
 /// The release tarballs of both strategies, built (or found in the store) once per process.
 pub fn dist() -> &'static pipeline::dist::Dist {
@@ -63,7 +46,7 @@ pub fn toolchain() -> &'static Toolchain {
 
 /// The release tarball of one strategy.
 pub fn tarball(strategy: Strategy) -> &'static Path {
-    &dist().bundle(strategy.name()).tarball
+    &dist().bundle(strategy).tarball
 }
 
 /// A fresh temporary directory, removed on drop.

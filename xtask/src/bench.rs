@@ -44,7 +44,10 @@ pub fn run(args: Args) -> Result<()> {
     let floor = floor(&project, &scratch.join("floor"))?;
     // The script must build what the store built, or it is no floor.
     for bundle in &cold_dist.bundles {
-        let step = if bundle.strategy == "embed" { "nginx-embed" } else { "nginx" };
+        let step = match bundle.strategy {
+            pipeline::Strategy::Embed => "nginx-embed",
+            pipeline::Strategy::Lualib => "nginx",
+        };
         let scripted = fs::read(scratch.join("floor/out").join(step).join("sbin/nginx")).unwrap_or_default();
         if scripted != fs::read(&bundle.binary).unwrap_or_default() {
             return Err(Error::new(format!("the plain script built a different {} binary", bundle.strategy)));

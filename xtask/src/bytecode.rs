@@ -2,7 +2,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use pipeline::lua_modules::{self, Module};
-use pipeline::{dist, luajit, toolchain, Project};
+use pipeline::{bytecode, luajit, toolchain, Project};
 use repro::{Error, Result};
 
 #[derive(clap::Args)]
@@ -37,19 +37,19 @@ pub fn run(args: Args) -> Result<()> {
         modules.push(Module { relative: PathBuf::from(name.default_relative_path()), name: name.as_str().to_owned(), file });
     }
     let sources = project.sources(args.offline)?;
-    for library in dist::lua_libraries(&project, &sources)? {
+    for library in lua_modules::project_libraries(&project, &sources)? {
         modules.extend(lua_modules::library_modules(&library.dir)?);
     }
     let toolchain = toolchain::build(&project, &sources)?;
     let luajit = luajit::build(&project, &sources, &toolchain)?;
-    let bytecode = lua_modules::bytecode(&project, &luajit, &modules, !args.debug)?;
+    let bytecode = bytecode::bytecode(&project, &luajit, &modules, !args.debug)?;
 
     let out = args.out.unwrap_or_else(|| project.root.join("target/bytecode"));
     fs::create_dir_all(&out).map_err(|e| Error::with_source(format!("cannot create {}", out.display()), e))?;
     println!("{:<40} {:<52} object", "module", "symbol");
     for m in &modules {
         let symbol = luabc::symbol_for_module(&m.name).map_err(|e| Error::new(e.to_string()))?;
-        let object = lua_modules::object_path(&bytecode, &symbol);
+        let object = bytecode::object_path(&bytecode, &symbol);
         let dest = out.join(format!("{symbol}.o"));
         fs::copy(&object, &dest).map_err(|e| Error::with_source(format!("cannot copy {}", object.display()), e))?;
         println!("{:<40} {:<52} {}", m.name, symbol, dest.display());

@@ -3,12 +3,18 @@
 //! Each recipe is a [`repro::Step`]: toolchain → LuaJIT, OpenSSL → nginx (compiled once) →
 //! the embed relink with the Lua bytecode → the bundles written by [`dist`].
 
+pub mod bundle;
+pub mod bytecode;
 pub mod dist;
 pub mod lua_modules;
 pub mod luajit;
 pub mod nginx;
 pub mod openssl;
+pub mod outputs;
 pub mod project;
+pub mod provenance;
+pub mod strategy;
 pub mod toolchain;
 
 pub use project::{Project, Source, Sources};
+pub use strategy::Strategy;

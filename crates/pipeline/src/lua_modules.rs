@@ -1,14 +1,12 @@
-//! The Lua modules a server needs, found by following `require` calls from the roots, and
-//! their bytecode for the embed strategy.
+//! The Lua modules a server needs, found by following `require` calls from the roots.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs;
 use std::path::{Path, PathBuf};
 
-use repro::{Artifact, Error, Result, Step};
+use repro::{Error, Result};
 
-use crate::luajit;
-use crate::project::Project;
+use crate::project::{Project, Sources};
 
 /// The modules every server loads: lua-nginx-module refuses to start without resty.core.
 pub const ROOTS: [&str; 2] = ["resty.core", "resty.upstream.healthcheck"];
@@ -120,14 +118,6 @@ pub fn library_modules(dir: &Path) -> Result<Vec<Module>> {
     Ok(out)
 }
 
-/// The object of one module inside a [`bytecode`] step's output.
-pub fn object_path(bytecode: &Artifact, symbol: &str) -> PathBuf {
-    bytecode.path.join(format!("lib{ARCHIVE}.luabc")).join(format!("{symbol}.o"))
-}
-
-/// The archive a [`bytecode`] step writes: `lib<ARCHIVE>.a`.
-pub const ARCHIVE: &str = "lua-modules";
-
 /// Names registered by the project's C modules with `ngx_http_lua_add_package_preload`.
 pub fn c_provided_modules(modules_dir: &Path) -> Result<BTreeSet<String>> {
     let mut names = BTreeSet::new();
@@ -163,33 +153,26 @@ fn walk(dir: &Path) -> Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// Compiles `modules` to bytecode objects with the pinned LuaJIT, in a store step keyed by
-/// the sources' contents, and archives them into `liblua-modules.a`. Unless `strip`, the
-/// bytecode keeps line numbers and names, with the chunk name `@<relative path>` (e.g.
-/// `@resty/upstream/healthcheck.lua`), never a build path.
-pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip: bool) -> Result<Artifact> {
-    let layout = luajit::Layout::new(luajit);
-    let mut step = Step::new("lua-bytecode")
-        .code(repro::code_id!("src/lua_modules.rs"))
-        .input("strip", strip.to_string())
-        .dep("luajit", luajit);
-    for (path, source) in luabc::SOURCES {
-        step = step.code(repro::CodeId::of(*path, source));
+/// The library roots, in search order: the project's own `lualib/` first, then the pins.
+pub fn project_libraries(project: &Project, sources: &Sources) -> Result<Vec<LibraryRoot>> {
+    Ok(vec![
+        LibraryRoot { provider: "the project's lualib/".into(), dir: project.root.join("lualib") },
+        LibraryRoot { provider: "pin lua-resty-core".into(), dir: sources.get("lua-resty-core")?.path().to_path_buf() },
+        LibraryRoot { provider: "pin lua-resty-lrucache".into(), dir: sources.get("lua-resty-lrucache")?.path().to_path_buf() },
+    ])
+}
+
+/// resty.core (without which nginx will not start), every module of `lualib/`, and whatever
+/// they require.
+pub fn project_closure(project: &Project, sources: &Sources) -> Result<Vec<Module>> {
+    let libraries = project_libraries(project, sources)?;
+    let mut roots: BTreeSet<String> = ["resty.core".to_string()].into();
+    for module in library_modules(&project.root.join("lualib"))? {
+        roots.insert(module.name);
     }
-    for m in modules {
-        let text = fs::read(&m.file).map_err(|e| Error::with_source(format!("cannot read {}", m.file.display()), e))?;
-        step = step.file(format!("lua/{}", m.relative.display()), text, false).input(format!("module {}", m.name), m.relative.display().to_string());
-    }
-    let names: Vec<(String, PathBuf)> = modules.iter().map(|m| (m.name.clone(), m.relative.clone())).collect();
-    project.run_with(step, |build, out| {
-        let mut b = luabc::Build::new();
-        b.luajit(layout.bytecode_compiler()).lua_path(layout.lua_path()).strip(strip).out_dir(out).whole_archive(true);
-        for (name, rel) in &names {
-            b.module(name, build.join("lua").join(rel));
-        }
-        b.try_compile(ARCHIVE).map_err(|e| Error::new(e.to_string()))?;
-        Ok(())
-    })
+    let roots: Vec<&str> = roots.iter().map(String::as_str).collect();
+    let c_modules = c_provided_modules(&project.root.join("modules"))?;
+    closure(&roots, &libraries, &c_modules)
 }
 
 #[cfg(test)]

@@ -91,7 +91,7 @@ pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luaji
 
 /// Relinks the compiled objects with the Lua bytecode archive.
 pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact, bytecode: &Artifact) -> Result<Artifact> {
-    let library = format!("lib{}.a", crate::lua_modules::ARCHIVE);
+    let library = format!("lib{}.a", crate::bytecode::ARCHIVE);
     let args = format!("-Wl,--whole-archive ../bytecode/{} -Wl,--no-whole-archive\n", library);
     base_step("nginx-embed", project, toolchain, luajit, openssl, pcre)
         .dep("compiled", compiled)
