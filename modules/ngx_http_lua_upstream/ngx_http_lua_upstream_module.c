@@ -3,8 +3,8 @@
  * ngx_http_lua_upstream_module: the "ngx.upstream" Lua API over the peers
  * of nginx's http upstream blocks, for lua-nginx-module.
  *
- * Written for this project from its specification (specs/ngx-upstream.md);
- * API-compatible with the Lua module of the same name shipped by OpenResty.
+ * Written for this project; API-compatible with the Lua module of the same
+ * name shipped by OpenResty (lua-upstream-nginx-module).
  */
 
 
