@@ -71,7 +71,9 @@ fn check(project: &Project, pins: &[repro::Pin]) -> Result<()> {
                 Verdict::Gone(why) | Verdict::Corrupt(why) | Verdict::Unreachable(why) => why.lines().next().unwrap_or("").to_owned(),
                 Verdict::Different(_) => String::new(),
             };
-            rows.push((pin.name.clone(), s.mirror.to_string(), s.verdict.to_string(), detail));
+            let mirror = s.mirror.to_string();
+            let detail = detail.strip_prefix(&format!("{mirror}: ")).map(str::to_owned).unwrap_or(detail);
+            rows.push((pin.name.clone(), mirror, s.verdict.to_string(), detail));
         }
     }
     let _ = std::fs::remove_dir_all(&scratch);
