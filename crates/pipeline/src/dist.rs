@@ -14,7 +14,7 @@ use crate::outputs::write_atomic;
 use crate::project::Project;
 pub use crate::provenance::{ORIGINS_FILE, PROJECT, TARGET};
 pub use crate::strategy::Strategy;
-use crate::{bytecode, luajit, nginx, openssl, provenance, toolchain};
+use crate::{bytecode, luajit, nginx, openssl, pcre, provenance, toolchain};
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -45,13 +45,14 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let toolchain = toolchain::build(project, &sources)?;
     let luajit = luajit::build(project, &sources, &toolchain)?;
     let openssl = openssl::build(project, &sources, &toolchain)?;
-    let pcre = openssl::build_pcre(project, &sources, &toolchain)?;
-    let compiled = nginx::compile(project, &sources, &toolchain, &luajit, &openssl, &pcre)?;
+    let pcre = pcre::build(project, &sources, &toolchain)?;
+    let libraries = nginx::Libraries { toolchain: &toolchain, luajit: &luajit, openssl: &openssl, pcre: &pcre };
+    let compiled = nginx::compile(project, &sources, &libraries)?;
     let modules = lua_modules::project_closure(project, &sources)?;
     // Debug info kept: log lines and tracebacks then name the same file, line and function
     // (`healthcheck.lua:123: warn(): ...`) as the lualib bundle's `.lua` files do.
     let bytecode = bytecode::bytecode(project, &luajit, &modules, false)?;
-    let embedded = nginx::link_embedded(project, &compiled, &toolchain, &luajit, &openssl, &pcre, &bytecode)?;
+    let embedded = nginx::link_embedded(project, &compiled, &libraries, &bytecode)?;
 
     let out_dir = options.out_dir.clone().unwrap_or_else(|| project.root.join("target/dist"));
     fs::create_dir_all(&out_dir).map_err(|e| Error::with_source(format!("cannot create {}", out_dir.display()), e))?;

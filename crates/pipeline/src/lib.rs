@@ -11,6 +11,7 @@ pub mod luajit;
 pub mod nginx;
 pub mod openssl;
 pub mod outputs;
+pub mod pcre;
 pub mod project;
 pub mod provenance;
 pub mod strategy;

@@ -3,6 +3,7 @@
 
 use std::path::PathBuf;
 
+use repro::store::{build_path, out_path};
 use repro::{Artifact, Result};
 
 use crate::project::{Project, RunIn, Sources};
@@ -30,19 +31,19 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
             format!("XCFLAGS={XCFLAGS}{extra_xcflags}"),
             "CCDEBUG=".into(),
             "TARGET_STRIP=@:".into(),
-            "CFLAGS=-O2 -fPIE -ffile-prefix-map={build}=/build/luajit".into(),
+            format!("CFLAGS=-O2 -fPIE -ffile-prefix-map={}=/build/luajit", build_path("")),
         ]
     };
     toolchain::step_with_toolchain("luajit", project, toolchain)
         .source("luajit", luajit.path(), luajit.pin.tree)
         .command("luajit", make_vars("amalg", ""))
-        .command("luajit", { let mut v = make_vars("install", ""); v.push("DESTDIR={out}".into()); v })
+        .command("luajit", [make_vars("install", ""), vec![format!("DESTDIR={}", out_path(""))]].concat())
         // The compiler for bytecode: the same tree and flags, but with string hashing and
         // interning fixed, or table constants are dumped in a different order every run. The
         // runtime linked into nginx keeps its randomisation.
         .command("luajit", ["make", "clean"])
         .command("luajit", make_vars("amalg", DETERMINISTIC_XCFLAGS))
-        .command("luajit", ["cp", "src/luajit", &format!("{{out}}{PREFIX}/bin/luajit-bytecode")])
+        .command("luajit", ["cp".to_owned(), "src/luajit".to_owned(), out_path(&format!("{PREFIX}/bin/luajit-bytecode"))])
         .run_in(project)
 }
 
@@ -54,6 +55,12 @@ pub struct Layout {
 impl Layout {
     pub fn new(artifact: &Artifact) -> Layout {
         Layout { root: artifact.path.join(PREFIX.trim_start_matches('/')) }
+    }
+
+    /// The layout as a step that mounts LuaJIT at `mount` sees it (relative to a directory
+    /// beside the mount, as nginx's configure runs it).
+    pub fn mounted(mount: &str) -> Layout {
+        Layout { root: PathBuf::from(format!("../{mount}{PREFIX}")) }
     }
 
     pub fn luajit(&self) -> PathBuf {
@@ -103,9 +110,9 @@ pub fn build_host(project: &Project, sources: &Sources) -> Result<Artifact> {
                 format!("PREFIX={PREFIX}"),
                 "BUILDMODE=static".into(),
                 format!("XCFLAGS={XCFLAGS}"),
-                "CFLAGS=-O2 -fPIC -ffile-prefix-map={build}=/build/luajit".into(),
+                format!("CFLAGS=-O2 -fPIC -ffile-prefix-map={}=/build/luajit", build_path("")),
             ],
         )
-        .command("luajit", ["make".to_string(), "install".into(), format!("PREFIX={PREFIX}"), "DESTDIR={out}".into()])
+        .command("luajit", ["make".to_string(), "install".into(), format!("PREFIX={PREFIX}"), format!("DESTDIR={}", out_path(""))])
         .run_in(project)
 }

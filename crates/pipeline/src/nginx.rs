@@ -8,15 +8,32 @@
 
 use std::fs;
 
+use repro::store::out_path;
 use repro::{Artifact, Result, TreeHash};
 
 use crate::project::{Project, RunIn, Sources};
-use crate::{luajit, openssl, toolchain};
+use crate::{luajit, openssl, pcre, toolchain};
+
+/// The built libraries nginx compiles and links against.
+pub struct Libraries<'a> {
+    pub toolchain: &'a Artifact,
+    pub luajit: &'a Artifact,
+    pub openssl: &'a Artifact,
+    pub pcre: &'a Artifact,
+}
+
+/// Where the nginx steps mount their dependencies and the response file, relative to the build
+/// directory (nginx's configure runs in `nginx/`, a sibling of each).
+const LUAJIT: &str = "luajit";
+const OPENSSL: &str = "openssl";
+const PCRE: &str = "pcre";
 
 /// Extra linker arguments read through a response file: empty for the plain binary, the
 /// bytecode archive for the embed strategy. Being a file, it keeps both binaries' configure
 /// arguments identical.
 const LINK_EXTRA: &str = "link/extra.args";
+/// The bytecode step's output, in the embed relink.
+const BYTECODE: &str = "bytecode";
 
 /// The configure arguments, shared by both strategies.
 pub fn configure_args(project_modules: &[String]) -> Vec<String> {
@@ -37,14 +54,20 @@ pub fn configure_args(project_modules: &[String]) -> Vec<String> {
         "--without-pcre2",
         "--with-zlib=../zlib",
         "--with-zlib-opt=-O2",
-        "--with-cc-opt=-O2 -fstack-protector-strong -I../openssl/usr/local/ssl/include -I../pcre/usr/local/include",
-        "--with-ld-opt=-L../openssl/usr/local/ssl/lib -L../pcre/usr/local/lib @../link/extra.args",
         "--add-module=../ngx_devel_kit",
         "--add-module=../lua-nginx-module",
     ]
     .iter()
     .map(|s| s.to_string())
     .collect();
+    let at = args.iter().position(|a| a == "--add-module=../ngx_devel_kit").expect("the module list");
+    args.splice(
+        at..at,
+        [
+            format!("--with-cc-opt=-O2 -fstack-protector-strong -I{} -I{}", openssl::include_dir(OPENSSL), pcre::include_dir(PCRE)),
+            format!("--with-ld-opt=-L{} -L{} @../{LINK_EXTRA}", openssl::lib_dir(OPENSSL), pcre::lib_dir(PCRE)),
+        ],
+    );
     // After lua-nginx-module: they include its API header.
     args.extend(project_modules.iter().map(|m| format!("--add-module=../modules/{m}")));
     args
@@ -67,10 +90,10 @@ pub fn project_modules(project: &Project) -> Result<Vec<(String, TreeHash)>> {
 
 /// Configures and compiles nginx; the output holds the whole build tree (for relinking) and
 /// `sbin/nginx`, the binary without embedded Lua.
-pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact) -> Result<Artifact> {
+pub fn compile(project: &Project, sources: &Sources, libraries: &Libraries) -> Result<Artifact> {
     let modules = project_modules(project)?;
     let names: Vec<String> = modules.iter().map(|(n, _)| n.clone()).collect();
-    let mut step = base_step("nginx", project, toolchain, luajit, openssl, pcre).file(LINK_EXTRA, "", false);
+    let mut step = base_step("nginx", project, libraries).file(LINK_EXTRA, "", false);
     for pin in ["nginx", "lua-nginx-module", "ngx_devel_kit", "zlib"] {
         let s = sources.get(pin)?;
         step = step.source(pin, s.path(), s.pin.tree);
@@ -82,38 +105,42 @@ pub fn compile(project: &Project, sources: &Sources, toolchain: &Artifact, luaji
     configure.extend(configure_args(&names));
     step.command("nginx", configure)
         .command("nginx", ["make", "-j2"])
-        .command(".", ["mkdir", "-p", "{out}/tree", "{out}/sbin"])
-        .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "zlib", "modules", "{out}/tree/"])
-        .command(".", ["cp", "nginx/objs/nginx", "{out}/sbin/nginx"])
-        .command(".", ["strip", "--strip-all", "{out}/sbin/nginx"])
+        .command(".", ["mkdir".to_owned(), "-p".to_owned(), out_path(TREE), out_path("sbin")])
+        .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "zlib", "modules", &out_path(TREE)])
+        .command(".", ["cp".to_owned(), "nginx/objs/nginx".to_owned(), out_path(BINARY)])
+        .command(".", ["strip".to_owned(), "--strip-all".to_owned(), out_path(BINARY)])
         .run_in(project)
 }
+
+/// In a compile or relink step's output: the binary.
+pub const BINARY: &str = "sbin/nginx";
+/// In the compile step's output: the whole build tree, for relinking.
+const TREE: &str = "tree";
 
 /// Relinks the compiled objects with the Lua bytecode archive.
-pub fn link_embedded(project: &Project, compiled: &Artifact, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact, bytecode: &Artifact) -> Result<Artifact> {
+pub fn link_embedded(project: &Project, compiled: &Artifact, libraries: &Libraries, bytecode: &Artifact) -> Result<Artifact> {
     let library = format!("lib{}.a", crate::bytecode::ARCHIVE);
-    let args = format!("-Wl,--whole-archive ../bytecode/{} -Wl,--no-whole-archive\n", library);
-    base_step("nginx-embed", project, toolchain, luajit, openssl, pcre)
+    let args = format!("-Wl,--whole-archive ../{BYTECODE}/{library} -Wl,--no-whole-archive\n");
+    base_step("nginx-embed", project, libraries)
         .dep("compiled", compiled)
-        .dep("bytecode", bytecode)
+        .dep(BYTECODE, bytecode)
         .file(LINK_EXTRA, args, false)
         // `cp -a` keeps the objects' times, so make relinks without recompiling anything.
-        .command(".", ["cp", "-a", "compiled/tree/.", "."])
+        .command(".", ["cp", "-a", &format!("compiled/{TREE}/."), "."])
         .command(".", ["rm", "-f", "nginx/objs/nginx"])
         .command("nginx", ["make", "-f", "objs/Makefile", "objs/nginx"])
-        .command(".", ["mkdir", "-p", "{out}/sbin"])
-        .command(".", ["cp", "nginx/objs/nginx", "{out}/sbin/nginx"])
-        .command(".", ["strip", "--strip-all", "{out}/sbin/nginx"])
+        .command(".", ["mkdir".to_owned(), "-p".to_owned(), out_path("sbin")])
+        .command(".", ["cp".to_owned(), "nginx/objs/nginx".to_owned(), out_path(BINARY)])
+        .command(".", ["strip".to_owned(), "--strip-all".to_owned(), out_path(BINARY)])
         .run_in(project)
 }
 
-fn base_step(name: &str, project: &Project, toolchain: &Artifact, luajit: &Artifact, openssl: &Artifact, pcre: &Artifact) -> repro::Step {
-    let lj = format!("../luajit/{}", luajit::PREFIX.trim_start_matches('/'));
-    toolchain::step_with_toolchain(name, project, toolchain)
-        .dep("luajit", luajit)
-        .dep("openssl", openssl)
-        .dep("pcre", pcre)
-        .input("openssl-layout", openssl::PREFIX)
-        .env("LUAJIT_LIB", format!("{lj}/lib"))
-        .env("LUAJIT_INC", format!("{lj}/include/luajit-2.1"))
+fn base_step(name: &str, project: &Project, libraries: &Libraries) -> repro::Step {
+    let luajit = luajit::Layout::mounted(LUAJIT);
+    toolchain::step_with_toolchain(name, project, libraries.toolchain)
+        .dep(LUAJIT, libraries.luajit)
+        .dep(OPENSSL, libraries.openssl)
+        .dep(PCRE, libraries.pcre)
+        .env("LUAJIT_LIB", luajit.lib_dir().display().to_string())
+        .env("LUAJIT_INC", luajit.include_dir().display().to_string())
 }

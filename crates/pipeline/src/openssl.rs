@@ -1,6 +1,6 @@
-//! OpenSSL and PCRE as static libraries, each its own step so that nginx changes never
-//! rebuild them.
+//! OpenSSL as static libraries, its own step so that nginx changes never rebuild it.
 
+use repro::store::out_path;
 use repro::{Artifact, Result};
 
 use crate::project::{Project, RunIn, Sources};
@@ -8,6 +8,17 @@ use crate::toolchain;
 
 /// Where the libraries and headers land inside the step's output.
 pub const PREFIX: &str = "usr/local/ssl";
+
+/// The headers, as a step that mounts OpenSSL at `mount` reaches them from a directory beside
+/// the mount.
+pub fn include_dir(mount: &str) -> String {
+    format!("../{mount}/{PREFIX}/include")
+}
+
+/// The static libraries, as [`include_dir`] reaches the headers.
+pub fn lib_dir(mount: &str) -> String {
+    format!("../{mount}/{PREFIX}/lib")
+}
 
 pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
     let openssl = sources.get("openssl")?;
@@ -24,7 +35,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
                 "no-afalgeng",
                 "no-module",
                 "no-dso",
-                "--prefix=/usr/local/ssl",
+                &format!("--prefix=/{PREFIX}"),
                 "--openssldir=/etc/ssl",
                 "--libdir=lib",
                 &format!("CC={}", toolchain::CC),
@@ -32,31 +43,6 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
             ],
         )
         .command("openssl", ["make", "-j2", "build_libs"])
-        .command("openssl", ["make", "install_dev", "DESTDIR={out}"])
-        .run_in(project)
-}
-
-/// PCRE 8 (lua-nginx-module 0.10.23 uses the PCRE1 API) with JIT and UTF-8: nginx's in-tree
-/// build of it would be unoptimised and without UTF-8, failing `ngx.re.match(s, re, "u")`.
-pub fn build_pcre(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
-    let pcre = sources.get("pcre")?;
-    toolchain::step_with_toolchain("pcre", project, toolchain)
-        .source("pcre", pcre.path(), pcre.pin.tree)
-        .command(
-            "pcre",
-            [
-                "./configure",
-                "--prefix=/usr/local",
-                "--disable-shared",
-                "--disable-cpp",
-                "--enable-jit",
-                "--enable-utf",
-                "--enable-unicode-properties",
-                &format!("CC={}", toolchain::CC),
-                "CFLAGS=-O2 -fPIE -fstack-protector-strong",
-            ],
-        )
-        .command("pcre", ["make", "-j2", "libpcre.la"])
-        .command("pcre", ["make", "install-libLTLIBRARIES", "install-includeHEADERS", "install-nodist_includeHEADERS", "DESTDIR={out}"])
+        .command("openssl", ["make".to_owned(), "install_dev".to_owned(), format!("DESTDIR={}", out_path(""))])
         .run_in(project)
 }
