@@ -11,7 +11,7 @@ use repro::{archive, Artifact, Error, FileLock, Result, Step};
 
 use crate::lua_modules::{self, LibraryRoot, Module};
 use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
-use crate::{luajit, nginx, openssl, toolchain};
+use crate::{luajit, nginx, oci, openssl, sbom, toolchain};
 
 pub const PROJECT: &str = "static-nginx";
 pub const TARGET: &str = "x86_64-linux-musl";
@@ -39,11 +39,21 @@ pub struct Dist {
     pub sha256sums: PathBuf,
     pub steps: Vec<Artifact>,
     pub lua_modules: Vec<Module>,
+    pub images: Vec<oci::Image>,
+    pub sboms: Vec<sbom::Sbom>,
 }
 
 impl Dist {
     pub fn bundle(&self, strategy: &str) -> &Bundle {
         self.bundles.iter().find(|b| b.strategy == strategy).unwrap_or_else(|| panic!("no {strategy} bundle"))
+    }
+
+    pub fn image(&self, strategy: &str) -> &oci::Image {
+        self.images.iter().find(|i| i.strategy == strategy).unwrap_or_else(|| panic!("no {strategy} image"))
+    }
+
+    pub fn sbom(&self, strategy: &str) -> &sbom::Sbom {
+        self.sboms.iter().find(|s| s.strategy == strategy).unwrap_or_else(|| panic!("no {strategy} SBOM"))
     }
 }
 
@@ -65,20 +75,27 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let mut steps = vec![toolchain, luajit, openssl, pcre, compiled.clone(), bytecode, embedded.clone()];
     let mut bundles = Vec::new();
     let mut bundle_steps = Vec::new();
+    let (mut images, mut sboms) = (Vec::new(), Vec::new());
+    let licenses = sbom::licenses(project, &sources, &modules)?;
     for strategy in STRATEGIES {
         let binary = if strategy == "embed" { &embedded } else { &compiled };
+        let (sbom, sbom_step) = sbom::write(project, &sources, &out_dir, strategy, binary, &modules)?;
         let (bundle, artifact) = write_bundle(project, &sources, &out_dir, strategy, binary, &modules, &steps)?;
+        let (image, image_step) = oci::write_image(project, &sources, &out_dir, strategy, &artifact, &licenses)?;
         bundles.push(bundle);
-        bundle_steps.push(artifact);
+        bundle_steps.extend([sbom_step, artifact, image_step]);
+        images.push(image);
+        sboms.push(sbom);
     }
     steps.extend(bundle_steps);
     let mut sums = String::new();
-    for b in &bundles {
-        let _ = writeln!(sums, "{}  {}", sha256_file(&b.tarball)?, b.tarball.file_name().unwrap().to_string_lossy());
+    let files = bundles.iter().map(|b| &b.tarball).chain(images.iter().map(|i| &i.archive)).chain(sboms.iter().map(|s| &s.path));
+    for file in files {
+        let _ = writeln!(sums, "{}  {}", sha256_file(file)?, file.file_name().unwrap().to_string_lossy());
     }
     let sha256sums = out_dir.join("SHA256SUMS");
     write_atomic(&sha256sums, sums.as_bytes())?;
-    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules })
+    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, sboms })
 }
 
 /// The library roots, in search order: the project's own `lualib/` first, then the pins.
@@ -149,7 +166,8 @@ fn write_bundle(
         .dep("nginx", binary)
         .file("bundle/conf/nginx.conf", conf, false)
         .file("bundle/conf/mime.types", read(&sources.get("nginx")?.path().join("conf/mime.types"))?, false)
-        .file("bundle/PROVENANCE.toml", provenance(project, sources, strategy, modules, steps)?, false);
+        .file("bundle/PROVENANCE.toml", provenance(project, sources, strategy, modules, steps)?, false)
+        .file(format!("bundle/{}", sbom::FILE_IN_BUNDLE), sbom::document(project, sources, strategy, &binary.path.join("sbin/nginx"), modules)?, false);
     for (file, text) in EXAMPLES {
         let text = if lualib { text.replacen("http {\n", &format!("http {{\n{path_line}"), 1) } else { text.to_owned() };
         step = step.file(format!("bundle/conf/examples/{file}"), text, false);

@@ -7,8 +7,10 @@ pub mod dist;
 pub mod lua_modules;
 pub mod luajit;
 pub mod nginx;
+pub mod oci;
 pub mod openssl;
 pub mod project;
+pub mod sbom;
 pub mod toolchain;
 
 pub use project::{Project, Source, Sources};
