@@ -28,7 +28,7 @@ fn a_changed_lua_file_rekeys_only_what_uses_it_and_the_diff_names_the_file() {
     let after = plan(Project::at(tmp.path().to_path_buf()).unwrap());
 
     let changed: Vec<&str> = before.iter().zip(&after).filter(|(a, b)| a.key() != b.key()).map(|(a, _)| a.name.as_str()).collect();
-    assert_eq!(changed, ["lua-bytecode", "nginx-embed", "bundle-embed", "bundle-lualib"]);
+    assert_eq!(changed, ["lua-bytecode", "nginx-embed", "sbom-embed", "bundle-embed", "image-embed", "sbom-lualib", "bundle-lualib", "image-lualib"]);
 
     let all: Vec<Derivation> = before.iter().chain(&after).cloned().collect();
     let lookup = |name: &str, key: &str| all.iter().find(|d| d.name == name && d.key() == key).cloned();

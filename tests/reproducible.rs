@@ -1,11 +1,11 @@
 //! Two checkouts in different directories, each with its own empty store, produce the same
-//! tarball bytes, although the second gets its sources from an imported export rather than a
-//! mirror. This is a second cold build: it takes minutes.
+//! tarball, image and SBOM bytes, although the second gets its sources from an imported export
+//! rather than a mirror. This is a second cold build: it takes minutes.
 
 use e2e::temp_dir;
 
 #[test]
-fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_identical_tarballs() {
+fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_identical_tarballs_images_and_sboms() {
     let first = e2e::dist();
     let here = pipeline::Project::from_checkout().unwrap();
     let tmp = temp_dir("reproducible");
@@ -41,6 +41,12 @@ fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_ident
         for path in [tmp.path().to_string_lossy(), here.store.root().to_string_lossy()] {
             assert!(!binary.windows(path.len()).any(|w| w == path.as_bytes()), "{strategy} binary names {path}");
         }
+    }
+    for strategy in pipeline::Strategy::ALL {
+        let (a, b) = (first.image(strategy), second.image(strategy));
+        assert_eq!(a.digest, b.digest, "{strategy} image digest");
+        assert_eq!(std::fs::read(&a.archive).unwrap(), std::fs::read(&b.archive).unwrap(), "{strategy} image archive");
+        assert_eq!(std::fs::read(&first.sbom(strategy).path).unwrap(), std::fs::read(&second.sbom(strategy).path).unwrap(), "{strategy} SBOM");
     }
     assert_eq!(std::fs::read_to_string(&first.sha256sums).unwrap(), std::fs::read_to_string(&second.sha256sums).unwrap());
 }

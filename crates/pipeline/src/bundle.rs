@@ -11,6 +11,7 @@ use crate::lua_modules::Module;
 use crate::outputs::write_atomic;
 use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
 use crate::provenance::{self, PROJECT, TARGET};
+use crate::sbom;
 use crate::strategy::Strategy;
 
 const DEFAULT_CONF: &str = include_str!("../../../bundle/conf/nginx.conf.in");
@@ -37,6 +38,8 @@ pub struct Contents<'a> {
     pub modules: &'a [Module],
     /// The steps the bundle comes from, for PROVENANCE.toml.
     pub steps: &'a [Artifact],
+    /// The SBOM step of the bundle, whose document the bundle carries.
+    pub sbom: &'a Artifact,
 }
 
 /// The bundle's directory and tarball name: `static-nginx-<version>-<strategy>-<target>`.
@@ -58,6 +61,7 @@ pub fn write(project: &Project, strategy: Strategy, binary: &Artifact, contents:
         .code(repro::code::tar_writer())
         .code(repro::code_id!("src/bundle.rs"))
         .dep("nginx", binary)
+        .dep("sbom", contents.sbom)
         .file("bundle/conf/nginx.conf", conf, false)
         .file("bundle/conf/mime.types", read(&contents.sources.get("nginx")?.path().join("conf/mime.types"))?, false)
         .file("bundle/PROVENANCE.toml", provenance, false);
@@ -77,6 +81,8 @@ pub fn write(project: &Project, strategy: Strategy, binary: &Artifact, contents:
         fs::create_dir_all(root.join("sbin")).map_err(|e| Error::with_source("cannot create sbin/", e))?;
         fs::copy(build.join("nginx/sbin/nginx"), root.join("sbin/nginx")).map_err(|e| Error::with_source("cannot copy sbin/nginx", e))?;
         fs::set_permissions(root.join("sbin/nginx"), fs::Permissions::from_mode(0o755)).map_err(|e| Error::with_source("cannot chmod sbin/nginx", e))?;
+        let sbom = build.join("sbom").join(sbom::file_name(strategy.name()));
+        fs::copy(&sbom, root.join(sbom::FILE_IN_BUNDLE)).map_err(|e| Error::with_source(format!("cannot copy {}", sbom.display()), e))?;
         archive::write_tar_gz(&root, &name, &out.join(&tarball_name), SOURCE_DATE_EPOCH.parse().expect("SOURCE_DATE_EPOCH is a number"))
     })?;
     let tarball = out_dir.join(&tarball_name);

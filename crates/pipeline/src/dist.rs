@@ -14,7 +14,7 @@ use crate::outputs::write_atomic;
 use crate::project::Project;
 pub use crate::provenance::{ORIGINS_FILE, PROJECT, TARGET};
 pub use crate::strategy::Strategy;
-use crate::{bytecode, luajit, nginx, openssl, pcre, provenance, toolchain};
+use crate::{bytecode, luajit, nginx, oci, openssl, pcre, provenance, sbom, toolchain};
 
 #[derive(Clone, Debug, Default)]
 pub struct Options {
@@ -32,12 +32,28 @@ pub struct Dist {
     pub sha256sums: PathBuf,
     pub steps: Vec<Artifact>,
     pub lua_modules: Vec<Module>,
+    pub images: Vec<oci::Image>,
+    pub sboms: Vec<sbom::Sbom>,
 }
 
 impl Dist {
     pub fn bundle(&self, strategy: Strategy) -> &Bundle {
-        &self.bundles[Strategy::ALL.iter().position(|s| *s == strategy).expect("every strategy is in ALL")]
+        &self.bundles[index(strategy)]
     }
+
+    pub fn image(&self, strategy: Strategy) -> &oci::Image {
+        &self.images[index(strategy)]
+    }
+
+    pub fn sbom(&self, strategy: Strategy) -> &sbom::Sbom {
+        &self.sboms[index(strategy)]
+    }
+}
+
+/// Where `strategy`'s bundle, image and SBOM are in a [`Dist`]: each list holds one per
+/// strategy, in the order of [`Strategy::ALL`].
+fn index(strategy: Strategy) -> usize {
+    Strategy::ALL.iter().position(|s| *s == strategy).expect("every strategy is in ALL")
 }
 
 pub fn build(project: &Project, options: &Options) -> Result<Dist> {
@@ -60,26 +76,36 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let _lock = FileLock::acquire(&out_dir.join(".dist.lock"))?;
     let mut steps = vec![toolchain, luajit, openssl, pcre, compiled.clone(), bytecode, embedded.clone()];
     let mut bundles = Vec::new();
+    let mut bundle_steps = Vec::new();
+    let (mut images, mut sboms) = (Vec::new(), Vec::new());
+    let licenses = sbom::licenses(project, &sources, &modules)?;
     for strategy in Strategy::ALL {
         let binary = match strategy {
             Strategy::Embed => &embedded,
             Strategy::Lualib => &compiled,
         };
-        let contents = Contents { sources: &sources, modules: &modules, steps: &steps };
-        bundles.push(bundle::write(project, strategy, binary, &contents, &out_dir)?);
+        let (sbom, sbom_step) = sbom::write(project, &sources, &out_dir, strategy, binary, &modules)?;
+        let contents = Contents { sources: &sources, modules: &modules, steps: &steps, sbom: &sbom_step };
+        let bundle = bundle::write(project, strategy, binary, &contents, &out_dir)?;
+        let (image, image_step) = oci::write_image(project, &sources, &out_dir, strategy, &bundle.step, &licenses)?;
+        bundle_steps.extend([sbom_step, bundle.step.clone(), image_step]);
+        bundles.push(bundle);
+        images.push(image);
+        sboms.push(sbom);
     }
-    steps.extend(bundles.iter().map(|b| b.step.clone()));
+    steps.extend(bundle_steps);
     if project.is_planning() {
-        return Ok(Dist { bundles, sha256sums: out_dir.join("SHA256SUMS"), steps, lua_modules: modules });
+        return Ok(Dist { bundles, sha256sums: out_dir.join("SHA256SUMS"), steps, lua_modules: modules, images, sboms });
     }
     let mut sums = String::new();
-    for b in &bundles {
-        let _ = writeln!(sums, "{}  {}", sha256_file(&b.tarball)?, b.tarball.file_name().unwrap().to_string_lossy());
+    let files = bundles.iter().map(|b| &b.tarball).chain(images.iter().map(|i| &i.archive)).chain(sboms.iter().map(|s| &s.path));
+    for file in files {
+        let _ = writeln!(sums, "{}  {}", sha256_file(file)?, file.file_name().unwrap().to_string_lossy());
     }
     let sha256sums = out_dir.join("SHA256SUMS");
     write_atomic(&sha256sums, sums.as_bytes())?;
     write_atomic(&out_dir.join(ORIGINS_FILE), provenance::source_origins(&sources).as_bytes())?;
-    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules })
+    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, sboms })
 }
 
 /// Every step of a dist of `project`'s checkout with its derivation, without building

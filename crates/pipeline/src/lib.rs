@@ -9,11 +9,13 @@ pub mod dist;
 pub mod lua_modules;
 pub mod luajit;
 pub mod nginx;
+pub mod oci;
 pub mod openssl;
 pub mod outputs;
 pub mod pcre;
 pub mod project;
 pub mod provenance;
+pub mod sbom;
 pub mod strategy;
 pub mod toolchain;
 

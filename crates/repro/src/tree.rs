@@ -29,6 +29,18 @@ impl TreeHash {
         Ok(TreeHash(*hasher.finalize().as_bytes()))
     }
 
+    /// The hash of [`TreeHash::of_dir`] extended to `len` bytes (BLAKE3 is an extendable-output
+    /// function: the first 32 bytes are the tree hash itself), for formats that want longer
+    /// BLAKE3 digests.
+    pub fn extended_of_dir(root: &Path, len: usize) -> Result<Vec<u8>> {
+        let mut hasher = blake3::Hasher::new();
+        hasher.update(b"repro-tree-v1\0");
+        hash_dir(root, Path::new(""), &mut hasher)?;
+        let mut out = vec![0; len];
+        hasher.finalize_xof().fill(&mut out);
+        Ok(out)
+    }
+
     pub fn to_hex(&self) -> String {
         blake3::Hash::from_bytes(self.0).to_hex().to_string()
     }
