@@ -56,6 +56,8 @@ static void ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 static void ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s);
 static void ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 
+static ngx_uint_t ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap,
+    ngx_uint_t kind);
 static void ngx_http_vts_prometheus(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_json(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_html(ngx_http_vts_page_t *pg);
@@ -473,6 +475,19 @@ ngx_http_vts_prom_upstream_label(ngx_http_vts_out_t *out, const char *name,
 }
 
 
+static void
+ngx_http_vts_prom_filter_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+    ngx_http_vts_out_str(out, "{filter=\"");
+    ngx_http_vts_out_prom_esc(out, &e->group);
+    ngx_http_vts_out_str(out, "\",filter_name=\"");
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
+}
+
+
 static ngx_uint_t
 ngx_http_vts_is_server(ngx_http_vts_entry_t *e)
 {
@@ -519,6 +534,16 @@ static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
 };
 
 
+static ngx_http_vts_time_family_t  ngx_http_vts_filter_times[] = {
+    { "nginx_vts_filter_request_seconds_total",
+      "The request processing time in seconds counter",
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+    { "nginx_vts_filter_request_seconds",
+      "The average of request processing times in seconds",
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+};
+
+
 static ngx_http_vts_time_family_t  ngx_http_vts_server_times[] = {
     { "nginx_vts_server_request_seconds_total",
       "The request processing time in seconds",
@@ -554,7 +579,14 @@ ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
         for (i = 0; i < snap->nentries; i++) {
             e = &snap->entries[i];
 
-            if (upstream) {
+            if (upstream == 2) {
+                if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                    continue;
+                }
+
+                ngx_http_vts_prom_filter_label(out, tf->name, e);
+
+            } else if (upstream) {
                 if (!ngx_http_vts_is_upstream(e)) {
                     continue;
                 }
@@ -638,8 +670,10 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_out_fmt(out,
                  "nginx_vts_main_shm_usage_bytes{shared=\"max_size\"} %uz\n"
                  "nginx_vts_main_shm_usage_bytes{shared=\"used_size\"} %uz\n"
+                 "nginx_vts_main_shm_usage_bytes{shared=\"free_size\"} %uz\n"
                  "nginx_vts_main_shm_usage_bytes{shared=\"used_node\"} %ui\n",
-                 snap->max_size, snap->used_size, snap->used_node);
+                 snap->max_size, snap->used_size, snap->free_size,
+                 snap->used_node);
 
     /* server zones, the sum zone "*" sorts after them */
 
@@ -683,6 +717,51 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_prom_times(out, snap, ngx_http_vts_server_times,
                             sizeof(ngx_http_vts_server_times)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
+
+    /* filter zones, when there are any */
+
+    if (ngx_http_vts_count_kind(snap, NGX_HTTP_VTS_KIND_FILTER)) {
+
+        ngx_http_vts_prom_family(out, "nginx_vts_filter_bytes_total",
+                                 "The request/response bytes", "counter");
+
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+            if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                continue;
+            }
+
+            ngx_http_vts_prom_filter_label(out,
+                                           "nginx_vts_filter_bytes_total", e);
+            ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n",
+                                 e->c.in_bytes);
+            ngx_http_vts_prom_filter_label(out,
+                                           "nginx_vts_filter_bytes_total", e);
+            ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
+                                 e->c.out_bytes);
+        }
+
+        ngx_http_vts_prom_family(out, "nginx_vts_filter_requests_total",
+                                 "The requests counter", "counter");
+
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+            if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                continue;
+            }
+
+            for (k = 0; k < 5; k++) {
+                ngx_http_vts_prom_filter_label(out,
+                                        "nginx_vts_filter_requests_total", e);
+                ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
+                                     k + 1, e->c.responses[k]);
+            }
+        }
+
+        ngx_http_vts_prom_times(out, snap, ngx_http_vts_filter_times,
+                                sizeof(ngx_http_vts_filter_times)
+                                / sizeof(ngx_http_vts_filter_times[0]), 2);
+    }
 
     /* upstream zones */
 
@@ -757,20 +836,28 @@ ngx_http_vts_json_responses(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
 }
 
 
-static void
-ngx_http_vts_json(ngx_http_vts_page_t *pg)
+static ngx_uint_t
+ngx_http_vts_str_eq(ngx_str_t *a, ngx_str_t *b)
 {
-    ngx_str_t                    *group;
-    ngx_uint_t                    i, n;
-    ngx_http_vts_out_t           *out;
-    ngx_http_vts_entry_t         *e;
-    ngx_http_vts_snapshot_t      *snap;
-    ngx_http_upstream_server_t   *us;
+    return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
+}
+
+
+/*
+ * The main fields (the "::main" zone of the control API), without the
+ * enclosing braces.
+ */
+
+static void
+ngx_http_vts_json_main(ngx_http_vts_page_t *pg)
+{
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_snapshot_t  *snap;
 
     out = pg->out;
     snap = pg->snap;
 
-    ngx_http_vts_out_str(out, "{\"hostName\":");
+    ngx_http_vts_out_str(out, "\"hostName\":");
     ngx_http_vts_out_json_str(out, &pg->hostname);
     ngx_http_vts_out_str(out, ",\"moduleVersion\":");
     ngx_http_vts_out_json_str(out, &ngx_http_vts_module_version);
@@ -791,16 +878,98 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
     ngx_http_vts_out_str(out, ",\"sharedZones\":{\"name\":");
     ngx_http_vts_out_json_str(out, &pg->vmcf->shm_zone->shm.name);
     ngx_http_vts_out_fmt(out, ",\"maxSize\":%uz,\"usedSize\":%uz,"
-                         "\"usedNode\":%ui}",
-                         snap->max_size, snap->used_size, snap->used_node);
+                         "\"freeSize\":%uz,\"usedNode\":%ui}",
+                         snap->max_size, snap->used_size, snap->free_size,
+                         snap->used_node);
+}
 
-    ngx_http_vts_out_str(out, ",\"serverZones\":{");
 
+/*
+ * The object of a server or filter zone.  The counters are 64 bits wide
+ * and are not expected to wrap, so every overCounts member is 0.
+ */
+
+static void
+ngx_http_vts_json_zone(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_fmt(out, "{\"requestCounter\":%uL,\"inBytes\":%uL,"
+                         "\"outBytes\":%uL,",
+                         e->c.requests, e->c.in_bytes, e->c.out_bytes);
+    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                         "\"requestMsec\":%uL,"
+                         "\"overCounts\":{\"maxIntegerSize\":%uL,"
+                         "\"requestCounter\":0,\"inBytes\":0,"
+                         "\"outBytes\":0,\"1xx\":0,\"2xx\":0,\"3xx\":0,"
+                         "\"4xx\":0,\"5xx\":0,\"requestMsecCounter\":0}}",
+                         e->c.request_msec,
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests),
+                         (uint64_t) -1);
+}
+
+
+static void
+ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_t          *out;
+    ngx_http_upstream_server_t  *us;
+
+    out = pg->out;
+
+    ngx_http_vts_out_str(out, "{\"server\":");
+    ngx_http_vts_out_json_str(out, &e->name);
+    ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
+                         "\"outBytes\":%uL,",
+                         e->c.requests, e->c.in_bytes, e->c.out_bytes);
+    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                         "\"requestMsec\":%uL,"
+                         "\"responseMsecCounter\":%uL,"
+                         "\"responseMsec\":%uL",
+                         e->c.request_msec,
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests),
+                         e->c.response_msec,
+                         ngx_http_vts_avg_msec(e->c.response_msec,
+                                               e->c.requests));
+
+    us = ngx_http_vts_find_server(pg->r, e);
+
+    if (us != NULL) {
+        ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
+                             "\"failTimeout\":%T,\"backup\":%s,"
+                             "\"down\":%s}",
+                             us->weight, us->max_fails, us->fail_timeout,
+                             us->backup ? "true" : "false",
+                             us->down ? "true" : "false");
+
+    } else {
+        ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
+                             "\"failTimeout\":0,\"backup\":false,"
+                             "\"down\":false}");
+    }
+}
+
+
+/* "serverZones":{...}; only "name" when given */
+
+static void
+ngx_http_vts_json_server_zones(ngx_http_vts_page_t *pg, ngx_str_t *name)
+{
+    ngx_uint_t              i, n;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
     n = 0;
 
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_server(e)) {
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (!ngx_http_vts_is_server(e)
+            || (name != NULL && !ngx_http_vts_str_eq(&e->name, name)))
+        {
             continue;
         }
 
@@ -809,31 +978,117 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
         }
 
         ngx_http_vts_out_json_str(out, &e->name);
-        ngx_http_vts_out_fmt(out, ":{\"requestCounter\":%uL,\"inBytes\":%uL,"
-                             "\"outBytes\":%uL,",
-                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
-        ngx_http_vts_json_responses(out, e);
-        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                             "\"requestMsec\":%uL}",
-                             e->c.request_msec,
-                             ngx_http_vts_avg_msec(e->c.request_msec,
-                                                   e->c.requests));
+        ngx_http_vts_out_str(out, ":");
+        ngx_http_vts_json_zone(out, e);
     }
+}
 
-    ngx_http_vts_out_str(out, "},\"upstreamZones\":{");
 
-    group = NULL;
+static ngx_uint_t
+ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap, ngx_uint_t kind)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
 
     for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
+        if (snap->entries[i].kind == kind) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+/* the groups of filterZones, without braces; one key with "group" */
+
+static void
+ngx_http_vts_json_filter_zones(ngx_http_vts_page_t *pg, ngx_str_t *group,
+    ngx_str_t *name)
+{
+    ngx_str_t              *last;
+    ngx_uint_t              i, n;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
+    last = NULL;
+    n = 0;
+
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
             continue;
         }
 
-        if (group == NULL
-            || group->len != e->group.len
-            || ngx_strncmp(group->data, e->group.data, e->group.len) != 0)
+        if (group != NULL) {
+            if (!ngx_http_vts_str_eq(&e->group, group)
+                || !ngx_http_vts_str_eq(&e->name, name))
+            {
+                continue;
+            }
+
+            ngx_http_vts_out_json_str(out, &e->name);
+            ngx_http_vts_out_str(out, ":");
+            ngx_http_vts_json_zone(out, e);
+            return;
+        }
+
+        if (last == NULL || !ngx_http_vts_str_eq(last, &e->group)) {
+            if (last != NULL) {
+                ngx_http_vts_out_str(out, "},");
+            }
+
+            last = &e->group;
+            n = 0;
+            ngx_http_vts_out_json_str(out, last);
+            ngx_http_vts_out_str(out, ":{");
+        }
+
+        if (n++) {
+            ngx_http_vts_out_str(out, ",");
+        }
+
+        ngx_http_vts_out_json_str(out, &e->name);
+        ngx_http_vts_out_str(out, ":");
+        ngx_http_vts_json_zone(out, e);
+    }
+
+    if (last != NULL) {
+        ngx_http_vts_out_str(out, "}");
+    }
+}
+
+
+/*
+ * The groups of upstreamZones, without braces: named groups, ::nogroups,
+ * or both.
+ */
+
+static void
+ngx_http_vts_json_upstream_zones(ngx_http_vts_page_t *pg, ngx_uint_t groups,
+    ngx_uint_t nogroups)
+{
+    ngx_str_t              *group;
+    ngx_uint_t              i;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
+    group = NULL;
+
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (!(groups && e->kind == NGX_HTTP_VTS_KIND_UPSTREAM)
+            && !(nogroups && e->kind == NGX_HTTP_VTS_KIND_NOGROUPS))
         {
+            continue;
+        }
+
+        if (group == NULL || !ngx_http_vts_str_eq(group, &e->group)) {
             if (group != NULL) {
                 ngx_http_vts_out_str(out, "],");
             }
@@ -846,45 +1101,180 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
             ngx_http_vts_out_str(out, ",");
         }
 
-        ngx_http_vts_out_str(out, "{\"server\":");
-        ngx_http_vts_out_json_str(out, &e->name);
-        ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
-                             "\"outBytes\":%uL,",
-                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
-        ngx_http_vts_json_responses(out, e);
-        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                             "\"requestMsec\":%uL,"
-                             "\"responseMsecCounter\":%uL,"
-                             "\"responseMsec\":%uL",
-                             e->c.request_msec,
-                             ngx_http_vts_avg_msec(e->c.request_msec,
-                                                   e->c.requests),
-                             e->c.response_msec,
-                             ngx_http_vts_avg_msec(e->c.response_msec,
-                                                   e->c.requests));
-
-        us = ngx_http_vts_find_server(pg->r, e);
-
-        if (us != NULL) {
-            ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
-                                 "\"failTimeout\":%T,\"backup\":%s,"
-                                 "\"down\":%s}",
-                                 us->weight, us->max_fails, us->fail_timeout,
-                                 us->backup ? "true" : "false",
-                                 us->down ? "true" : "false");
-
-        } else {
-            ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
-                                 "\"failTimeout\":0,\"backup\":false,"
-                                 "\"down\":false}");
-        }
+        ngx_http_vts_json_peer(pg, e);
     }
 
     if (group != NULL) {
         ngx_http_vts_out_str(out, "]");
     }
+}
 
+
+static void
+ngx_http_vts_json(ngx_http_vts_page_t *pg)
+{
+    ngx_http_vts_out_t  *out;
+
+    out = pg->out;
+
+    ngx_http_vts_out_str(out, "{");
+    ngx_http_vts_json_main(pg);
+
+    ngx_http_vts_out_str(out, ",\"serverZones\":{");
+    ngx_http_vts_json_server_zones(pg, NULL);
+    ngx_http_vts_out_str(out, "}");
+
+    if (ngx_http_vts_count_kind(pg->snap, NGX_HTTP_VTS_KIND_FILTER)) {
+        ngx_http_vts_out_str(out, ",\"filterZones\":{");
+        ngx_http_vts_json_filter_zones(pg, NULL, NULL);
+        ngx_http_vts_out_str(out, "}");
+    }
+
+    ngx_http_vts_out_str(out, ",\"upstreamZones\":{");
+    ngx_http_vts_json_upstream_zones(pg, 1, 1);
     ngx_http_vts_out_str(out, "}}\n");
+}
+
+
+/*
+ * cmd=status of the control API: the whole document (group=*), the main
+ * fields (group=server&zone=::main), one section (zone=*) or one zone.
+ * An unknown zone gives {}.
+ */
+
+static void
+ngx_http_vts_json_control_status(ngx_http_vts_page_t *pg, ngx_str_t *group,
+    ngx_str_t *zone)
+{
+    u_char                *at;
+    ngx_str_t              g, n;
+    ngx_uint_t             i, all;
+    ngx_http_vts_out_t    *out;
+    ngx_http_vts_entry_t  *e;
+
+    out = pg->out;
+    all = (zone->len == 1 && zone->data[0] == '*');
+
+#define ngx_http_vts_is(s, lit)                                               \
+    ((s)->len == sizeof(lit) - 1 && ngx_strncmp((s)->data, lit, (s)->len) == 0)
+
+    if (ngx_http_vts_is(group, "*")) {
+        ngx_http_vts_json(pg);
+        return;
+    }
+
+    ngx_http_vts_out_str(out, "{");
+
+    if (ngx_http_vts_is(group, "server")) {
+
+        if (ngx_http_vts_is(zone, "::main")) {
+            ngx_http_vts_json_main(pg);
+
+        } else if (all) {
+            ngx_http_vts_out_str(out, "\"serverZones\":{");
+            ngx_http_vts_json_server_zones(pg, NULL);
+            ngx_http_vts_out_str(out, "}");
+
+        } else {
+            ngx_http_vts_json_server_zones(pg, zone);
+        }
+
+    } else if (ngx_http_vts_is(group, "filter")) {
+
+        if (all) {
+            ngx_http_vts_out_str(out, "\"filterZones\":{");
+            ngx_http_vts_json_filter_zones(pg, NULL, NULL);
+            ngx_http_vts_out_str(out, "}");
+
+        } else {
+            at = ngx_strlchr(zone->data, zone->data + zone->len, '@');
+
+            if (at != NULL) {
+                g.data = zone->data;
+                g.len = at - zone->data;
+                n.data = at + 1;
+                n.len = zone->data + zone->len - n.data;
+                ngx_http_vts_json_filter_zones(pg, &g, &n);
+            }
+        }
+
+    } else if (ngx_http_vts_is(group, "upstream@group")
+               || ngx_http_vts_is(group, "upstream@alone"))
+    {
+        if (all && group->data[9] == 'g') {
+            ngx_http_vts_out_str(out, "\"upstreamZones\":{");
+            ngx_http_vts_json_upstream_zones(pg, 1, 0);
+            ngx_http_vts_out_str(out, "}");
+
+        } else if (all) {
+            ngx_http_vts_json_upstream_zones(pg, 0, 1);
+
+        } else {
+            /* one peer: the peer object itself */
+
+            if (group->data[9] == 'g') {
+                at = ngx_strlchr(zone->data, zone->data + zone->len, '@');
+                if (at == NULL) {
+                    goto done;
+                }
+
+                g.data = zone->data;
+                g.len = at - zone->data;
+                n.data = at + 1;
+                n.len = zone->data + zone->len - n.data;
+
+            } else {
+                ngx_str_set(&g, NGX_HTTP_VTS_NOGROUPS_NAME);
+                n = *zone;
+
+                if (n.len && n.data[0] == '@') {
+                    n.data++;
+                    n.len--;
+                }
+            }
+
+            for (i = 0; i < pg->snap->nentries; i++) {
+                e = &pg->snap->entries[i];
+
+                if (ngx_http_vts_is_upstream(e)
+                    && ngx_http_vts_str_eq(&e->group, &g)
+                    && ngx_http_vts_str_eq(&e->name, &n))
+                {
+                    /* replace the opening brace by the peer's own */
+                    out->b->last--;
+                    out->size--;
+                    ngx_http_vts_json_peer(pg, e);
+                    ngx_http_vts_out_str(out, "\n");
+                    return;
+                }
+            }
+        }
+
+    } else if (ngx_http_vts_is(group, "cache") && all) {
+        ngx_http_vts_out_str(out, "\"cacheZones\":{}");
+    }
+
+#undef ngx_http_vts_is
+
+done:
+
+    ngx_http_vts_out_str(out, "}\n");
+}
+
+
+static void
+ngx_http_vts_json_control_result(ngx_http_vts_out_t *out, ngx_uint_t ok,
+    ngx_str_t *cmd, ngx_str_t *group, ngx_str_t *zone, ngx_uint_t count)
+{
+    ngx_http_vts_out_fmt(out, "{\"processingReturn\":%s,"
+                         "\"processingCommandString\":",
+                         ok ? "true" : "false");
+    ngx_http_vts_out_json_str(out, cmd);
+    ngx_http_vts_out_str(out, ",\"processingGroupString\":");
+    ngx_http_vts_out_json_str(out, group);
+    ngx_http_vts_out_str(out, ",\"processingZoneString\":");
+    ngx_http_vts_out_json_str(out, zone);
+    ngx_http_vts_out_fmt(out, ",\"processingCounts\":%ui}\n", count);
 }
 
 
@@ -1039,6 +1429,46 @@ ngx_http_vts_uri_format(ngx_http_request_t *r)
 }
 
 
+/* ".../control" as the URI's last segment */
+
+static ngx_uint_t
+ngx_http_vts_uri_is_control(ngx_http_request_t *r)
+{
+    static ngx_str_t  control = ngx_string("/control");
+
+    return r->uri.len >= control.len
+           && ngx_strncmp(r->uri.data + r->uri.len - control.len,
+                          control.data, control.len) == 0;
+}
+
+
+/* a query argument, percent-decoded; empty when absent */
+
+static void
+ngx_http_vts_arg(ngx_http_request_t *r, const char *name, ngx_str_t *out)
+{
+    u_char     *dst, *src;
+    ngx_str_t   v;
+
+    out->len = 0;
+    out->data = (u_char *) "";
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &v) != NGX_OK) {
+        return;
+    }
+
+    dst = ngx_pnalloc(r->pool, v.len + 1);
+    if (dst == NULL) {
+        return;
+    }
+
+    out->data = dst;
+    src = v.data;
+    ngx_unescape_uri(&dst, &src, v.len, 0);
+    out->len = dst - out->data;
+}
+
+
 ngx_int_t
 ngx_http_vts_display_handler(ngx_http_request_t *r)
 {
@@ -1049,6 +1479,8 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     ngx_http_vts_out_t         out;
     ngx_http_vts_page_t        pg;
     ngx_http_vts_snapshot_t    snap;
+    ngx_str_t                  cmd, group, zone;
+    ngx_uint_t                 control, count;
     ngx_http_vts_loc_conf_t   *vlcf;
     ngx_http_vts_main_conf_t  *vmcf;
 
@@ -1079,13 +1511,36 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         format = vlcf->format;
     }
 
-    if (ngx_http_vts_snapshot(r, &snap) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
     ngx_memzero(&out, sizeof(ngx_http_vts_out_t));
     out.pool = r->pool;
     out.last = &out.first;
+
+    control = ngx_http_vts_uri_is_control(r);
+
+    if (control) {
+        ngx_http_vts_arg(r, "cmd", &cmd);
+        ngx_http_vts_arg(r, "group", &group);
+        ngx_http_vts_arg(r, "zone", &zone);
+
+        if (!(cmd.len == 6 && ngx_strncmp(cmd.data, "status", 6) == 0)) {
+            rc = ngx_http_vts_control(r, &cmd, &group, &zone, &count);
+
+            if (rc == NGX_ERROR) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_http_vts_json_control_result(&out, rc == NGX_OK, &cmd,
+                                             &group, &zone, count);
+            ngx_str_set(&r->headers_out.content_type, "application/json");
+            goto send;
+        }
+
+        format = NGX_HTTP_VTS_FORMAT_JSON;
+    }
+
+    if (ngx_http_vts_snapshot(r, &snap) != NGX_OK) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
 
     tp = ngx_timeofday();
 
@@ -1111,10 +1566,18 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         break;
 
     default: /* NGX_HTTP_VTS_FORMAT_JSON */
-        ngx_http_vts_json(&pg);
+        if (control) {
+            ngx_http_vts_json_control_status(&pg, &group, &zone);
+
+        } else {
+            ngx_http_vts_json(&pg);
+        }
+
         ngx_str_set(&r->headers_out.content_type, "application/json");
         break;
     }
+
+send:
 
     if (out.error || out.first == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -30,6 +30,8 @@
 #define NGX_HTTP_VTS_KIND_SUM            2
 #define NGX_HTTP_VTS_KIND_UPSTREAM       3
 #define NGX_HTTP_VTS_KIND_NOGROUPS       4
+#define NGX_HTTP_VTS_KIND_FILTER         5
+#define NGX_HTTP_VTS_KIND_CACHE_NONE     99    /* control: cache group */
 
 #define NGX_HTTP_VTS_SUM_KEY             "*"
 #define NGX_HTTP_VTS_NOGROUPS_NAME       "::nogroups"
@@ -51,6 +53,7 @@ typedef struct {
     uint64_t                    responses[5];      /* 1xx .. 5xx */
     uint64_t                    request_msec;      /* sum */
     uint64_t                    response_msec;     /* sum, upstream only */
+    uint64_t                    last_msec;         /* last update, for LRU */
 } ngx_http_vts_counters_t;
 
 
@@ -82,8 +85,19 @@ typedef struct {
 } ngx_http_vts_ctx_t;
 
 
+/* one vhost_traffic_status_filter_by_set_key */
+typedef struct {
+    ngx_http_complex_value_t    key;
+    ngx_http_complex_value_t    name;              /* empty: a server zone */
+    ngx_uint_t                  has_name;
+} ngx_http_vts_filter_key_t;
+
+
 typedef struct {
     ngx_shm_zone_t             *shm_zone;
+    ngx_array_t                *filter_keys;       /* http level */
+    ngx_uint_t                  filter_max_node;
+    ngx_array_t                *filter_max_match;  /* of ngx_str_t */
     ngx_str_t                   shm_name;
     ssize_t                     shm_size;
     uint64_t                    start_msec;        /* epoch msec of load */
@@ -93,7 +107,11 @@ typedef struct {
 typedef struct {
     ngx_flag_t                  enable;
     ngx_flag_t                  filter_by_host;
+    ngx_flag_t                  filter;
+    ngx_flag_t                  filter_check_duplicate;
     ngx_uint_t                  format;
+    ngx_array_t                *filter_keys;       /* server / location */
+    ngx_array_t                *filters;           /* applied: http + own */
 } ngx_http_vts_loc_conf_t;
 
 
@@ -108,6 +126,7 @@ typedef struct {
 
 typedef struct {
     size_t                      max_size;
+    size_t                      free_size;
     size_t                      used_size;
     ngx_uint_t                  used_node;
     ngx_uint_t                  nentries;
@@ -118,6 +137,14 @@ typedef struct {
 ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_vts_snapshot(ngx_http_request_t *r,
     ngx_http_vts_snapshot_t *snap);
+ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_vts_server_key(ngx_http_request_t *r, ngx_str_t *host);
+ngx_http_vts_node_t *ngx_http_vts_node_find_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_uint_t kind, u_char *key, size_t len, size_t glen);
+void ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_http_vts_node_t *vn);
+ngx_int_t ngx_http_vts_control(ngx_http_request_t *r, ngx_str_t *cmd,
+    ngx_str_t *group, ngx_str_t *zone, ngx_uint_t *count);
 
 
 extern ngx_module_t  ngx_http_vhost_traffic_status_module;
