@@ -162,7 +162,10 @@ fn parse_prometheus(text: &str) -> Exposition {
             let mut it = rest.split(' ');
             let name = it.next().unwrap().to_string();
             let kind = it.next().expect("TYPE has a type").to_string();
-            assert!(["counter", "gauge"].contains(&kind.as_str()), "type {kind}");
+            assert!(
+                ["counter", "gauge", "histogram"].contains(&kind.as_str()),
+                "type {kind}"
+            );
             assert!(helps.contains(&name), "TYPE {name} without HELP before it");
             assert_eq!(
                 current.as_deref(),
@@ -199,9 +202,15 @@ fn parse_prometheus(text: &str) -> Exposition {
                 && !name.is_empty(),
             "bad metric name in {line:?}"
         );
-        assert_eq!(
-            families.last().map(|(n, _)| n.as_str()),
-            Some(name.as_str()),
+        let in_family = match families.last() {
+            Some((family, kind)) if kind == "histogram" => ["_bucket", "_sum", "_count"]
+                .iter()
+                .any(|suffix| name.strip_suffix(suffix) == Some(family.as_str())),
+            Some((family, _)) => *family == name,
+            None => false,
+        };
+        assert!(
+            in_family,
             "sample {line:?} is not inside its family's block"
         );
         assert!(seen.insert(series.to_string()), "duplicate series {series}");
@@ -1713,7 +1722,7 @@ fn variables_and_control_api() {
             [("v.test", "/")].repeat(4),
             [("v.test", "/missing")].repeat(2),
             [("v.test", "/storage/vol0/x")].repeat(3),
-            [("v.test", "/storage/vol1/x")].repeat(1),
+            [("v.test", "/storage/vol1/x")].to_vec(),
             [("v.test", "/up/x")].repeat(2),
             [("w.test", "/")].repeat(3),
         ]
@@ -1943,6 +1952,278 @@ fn filter_directive_errors() {
         (
             "vhost_traffic_status_filter_by_set_key a b c;",
             "invalid number of arguments",
+        ),
+    ] {
+        let body = format!(
+            r#"
+        vhost_traffic_status_zone;
+        {directive}
+        server {{ listen 127.0.0.1:{port}; }}"#
+        );
+        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
+            Ok(_) => panic!("nginx started with {directive}"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(message),
+            "{directive}: expected {message:?} in:\n{err}"
+        );
+    }
+}
+
+/// `vhost_traffic_status_histogram_buckets`: bucket counts after requests of known durations
+/// in JSON (`requestBuckets`, `responseBuckets`) and as Prometheus histograms (`promtool`
+/// accepts them). Limits: `limit_traffic` answers its status code once the member is above
+/// the size, `limit_traffic_by_set_key` per filter key, `limit_check_duplicate`,
+/// `vhost_traffic_status_limit off`, `bypass_limit`, and `bypass_stats` leaves requests uncounted.
+#[test]
+fn histogram_buckets_limits_and_bypass() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1) = (free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    vhost_traffic_status_histogram_buckets 0.1 0.25 5;
+    upstream slow {{ server 127.0.0.1:{b1}; }}
+    server {{
+        listen 127.0.0.1:{b1};
+        vhost_traffic_status off;
+        location / {{ content_by_lua_block {{ ngx.sleep(0.3) ngx.print("slow backend\n") }} }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name h.test;
+        location /fast {{ return 200 "fast\n"; }}
+        location /slow {{ content_by_lua_block {{ ngx.sleep(0.3) ngx.print("slow\n") }} }}
+        location /up/ {{ proxy_pass http://slow/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name l.test;
+        vhost_traffic_status_limit_traffic request:4 429;
+        location / {{ empty_gif; }}
+        location /free {{ vhost_traffic_status_bypass_limit on; empty_gif; }}
+        location /uncounted {{ vhost_traffic_status_bypass_stats on; empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name off.test;
+        vhost_traffic_status_limit off;
+        vhost_traffic_status_limit_traffic request:1;
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name k.test;
+        vhost_traffic_status_filter_by_set_key $arg_user users::$server_name;
+        vhost_traffic_status_limit_traffic_by_set_key FG@users::$server_name@$arg_user request:2;
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name d1.test;
+        vhost_traffic_status_limit_traffic request:3;
+        vhost_traffic_status_limit_traffic request:1;
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name d2.test;
+        vhost_traffic_status_limit_check_duplicate off;
+        vhost_traffic_status_limit_traffic request:3;
+        vhost_traffic_status_limit_traffic request:1;
+        location / {{ empty_gif; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+
+        // histograms: 3 fast, 2 slow local, 2 slow through the upstream (the backend sleeps 0.3 s)
+        let plan: Vec<(&str, &str)> = [
+            [("h.test", "/fast")].repeat(3),
+            [("h.test", "/slow")].repeat(2),
+            [("h.test", "/up/x")].repeat(2),
+        ]
+        .concat();
+        let statuses = run_plan(port, &plan, 4);
+        assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
+        let j = status_json(status_port, "/status/format/json");
+        let buckets = |z: &Json, key: &str| -> (Vec<u64>, Vec<u64>) {
+            let b = z.get(key);
+            (
+                b.get("msecs").arr().iter().map(Json::u64).collect(),
+                b.get("counters").arr().iter().map(Json::u64).collect(),
+            )
+        };
+        let h = j.get("serverZones").get("h.test");
+        assert_eq!(
+            buckets(h, "requestBuckets"),
+            (vec![100, 250, 5000], vec![3, 3, 7]),
+            "cumulative per bucket"
+        );
+        let peer = &j.get("upstreamZones").get("slow").arr()[0];
+        assert_eq!(
+            buckets(peer, "requestBuckets"),
+            (vec![100, 250, 5000], vec![0, 0, 2])
+        );
+        assert_eq!(
+            buckets(peer, "responseBuckets"),
+            (vec![100, 250, 5000], vec![0, 0, 2])
+        );
+
+        let prom = http::get(status_port, "/status/format/prometheus").body;
+        promtool_check(&prom);
+        let e = parse_prometheus(&prom);
+        let hb = |le: &'static str| {
+            e.int(
+                "nginx_vts_server_request_duration_seconds_bucket",
+                &[("host", "h.test"), ("le", le)],
+            )
+        };
+        assert_eq!(
+            (hb("0.100"), hb("0.250"), hb("5.000"), hb("+Inf")),
+            (3, 3, 7, 7)
+        );
+        assert_eq!(
+            e.int(
+                "nginx_vts_server_request_duration_seconds_count",
+                &[("host", "h.test")]
+            ),
+            7
+        );
+        let sum = e
+            .value(
+                "nginx_vts_server_request_duration_seconds_sum",
+                &[("host", "h.test")],
+            )
+            .unwrap();
+        assert!(sum >= 4.0 * 0.29, "four requests of 0.3 s: {sum}");
+        let backend = format!("127.0.0.1:{b1}");
+        let ub = |family: &str, le: &'static str| {
+            e.int(
+                family,
+                &[
+                    ("upstream", "slow"),
+                    ("backend", backend.as_str()),
+                    ("le", le),
+                ],
+            )
+        };
+        assert_eq!(
+            ub(
+                "nginx_vts_upstream_response_duration_seconds_bucket",
+                "0.250"
+            ),
+            0
+        );
+        assert_eq!(
+            ub(
+                "nginx_vts_upstream_response_duration_seconds_bucket",
+                "5.000"
+            ),
+            2
+        );
+        assert_eq!(
+            ub("nginx_vts_upstream_request_duration_seconds_bucket", "+Inf"),
+            2
+        );
+        let kinds: BTreeMap<&str, &str> = e
+            .families
+            .iter()
+            .map(|(n, k)| (n.as_str(), k.as_str()))
+            .collect();
+        assert_eq!(
+            kinds["nginx_vts_server_request_duration_seconds"],
+            "histogram"
+        );
+
+        // limits (checked in the preaccess phase, so the locations have a content handler,
+        // not `return`), one request at a time so the counters are exact
+        let seq = |host: &str, path: &str, n: usize| -> Vec<u16> {
+            (0..n).map(|_| get_host(port, host, path).status).collect()
+        };
+        assert_eq!(
+            seq("l.test", "/", 6),
+            [200, 200, 200, 200, 200, 429],
+            "limited once requests > 4"
+        );
+        assert_eq!(seq("l.test", "/free", 2), [200, 200], "bypass_limit");
+        let before = status_json(status_port, "/status/format/json")
+            .get("serverZones")
+            .get("l.test")
+            .get("requestCounter")
+            .u64();
+        assert_eq!(before, 8);
+        assert_eq!(
+            seq("l.test", "/uncounted", 3),
+            [429, 429, 429],
+            "bypass_stats is still limited"
+        );
+        let after = status_json(status_port, "/status/format/json")
+            .get("serverZones")
+            .get("l.test")
+            .get("requestCounter")
+            .u64();
+        assert_eq!(after, before, "bypass_stats requests are not counted");
+        assert_eq!(
+            seq("off.test", "/", 4),
+            [200; 4],
+            "vhost_traffic_status_limit off"
+        );
+        assert_eq!(
+            seq("k.test", "/?user=alice", 4),
+            [200, 200, 200, 503],
+            "per filter key, default 503"
+        );
+        assert_eq!(
+            seq("k.test", "/?user=bob", 2),
+            [200, 200],
+            "another key has its own count"
+        );
+        assert_eq!(
+            seq("d1.test", "/", 5),
+            [200, 200, 200, 200, 503],
+            "a duplicate member is ignored"
+        );
+        assert_eq!(
+            seq("d2.test", "/", 3),
+            [200, 200, 503],
+            "limit_check_duplicate off: both apply"
+        );
+        nginx.quit();
+    }
+}
+
+/// Bad histogram and limit directives stop nginx with a message that says what is wrong.
+#[test]
+fn histogram_and_limit_directive_errors() {
+    let (_dir, root) = bundle(Strategy::Embed);
+    let port = free_port();
+    for (directive, message) in [
+        (
+            "vhost_traffic_status_histogram_buckets 0.1 0.05;",
+            "is not greater than the one before it",
+        ),
+        (
+            "vhost_traffic_status_histogram_buckets fast;",
+            r#"invalid bucket "fast""#,
+        ),
+        (
+            "vhost_traffic_status_limit_traffic bytes:10;",
+            r#"invalid limit "bytes:10""#,
+        ),
+        (
+            "vhost_traffic_status_limit_traffic in:lots;",
+            r#"invalid limit "in:lots""#,
+        ),
+        (
+            "vhost_traffic_status_limit_traffic in:10 700;",
+            r#"invalid status code "700""#,
         ),
     ] {
         let body = format!(

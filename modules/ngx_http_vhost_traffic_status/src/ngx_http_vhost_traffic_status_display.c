@@ -618,6 +618,87 @@ ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
 }
 
 
+/*
+ * A histogram family over the entries of one sort (0 server, 1 upstream,
+ * 2 filter) that have buckets; nothing when none has.
+ */
+
+static void
+ngx_http_vts_prom_histogram(ngx_http_vts_out_t *out,
+    ngx_http_vts_snapshot_t *snap, const char *name, const char *help,
+    ngx_uint_t which, ngx_uint_t response)
+{
+    u_char                 series[128];
+    uint64_t               sum, *counts;
+    ngx_uint_t             i, j, k, n;
+    ngx_http_vts_entry_t  *e;
+
+    n = 0;
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+
+        if (e->c.nbuckets == 0
+            || (which == 0 && !ngx_http_vts_is_server(e))
+            || (which == 1 && !ngx_http_vts_is_upstream(e))
+            || (which == 2 && e->kind != NGX_HTTP_VTS_KIND_FILTER))
+        {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_http_vts_out_fmt(out, "# HELP %s %s\n# TYPE %s histogram\n",
+                                 name, help, name);
+        }
+
+        counts = response ? e->c.response_buckets : e->c.request_buckets;
+
+        for (k = 0; k <= e->c.nbuckets + 2; k++) {
+
+            *ngx_snprintf(series, sizeof(series) - 1, "%s%s", name,
+                          k < e->c.nbuckets + 1 ? "_bucket"
+                          : (k == e->c.nbuckets + 1 ? "_sum" : "_count"))
+                = '\0';
+
+            if (which == 0) {
+                ngx_http_vts_prom_server_label(out, (char *) series, e);
+
+            } else if (which == 1) {
+                ngx_http_vts_prom_upstream_label(out, (char *) series, e);
+
+            } else {
+                ngx_http_vts_prom_filter_label(out, (char *) series, e);
+            }
+
+            if (k < e->c.nbuckets) {
+                sum = 0;
+
+                for (j = 0; j <= k; j++) {
+                    sum += counts[j];
+                }
+
+                ngx_http_vts_out_fmt(out, ",le=\"%uD.%03uD\"} %uL\n",
+                                     e->c.bucket_msec[k] / 1000,
+                                     e->c.bucket_msec[k] % 1000, sum);
+
+            } else if (k == e->c.nbuckets) {
+                ngx_http_vts_out_fmt(out, ",le=\"+Inf\"} %uL\n",
+                                     e->c.requests);
+
+            } else if (k == e->c.nbuckets + 1) {
+                ngx_http_vts_out_str(out, "} ");
+                ngx_http_vts_out_seconds(out, response ? e->c.response_msec
+                                                       : e->c.request_msec);
+                ngx_http_vts_out_str(out, "\n");
+
+            } else {
+                ngx_http_vts_out_fmt(out, "} %uL\n", e->c.requests);
+            }
+        }
+    }
+}
+
+
 static void
 ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
 {
@@ -718,6 +799,11 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                             sizeof(ngx_http_vts_server_times)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
 
+    ngx_http_vts_prom_histogram(out, snap,
+                                "nginx_vts_server_request_duration_seconds",
+                                "The histogram of request processing time",
+                                0, 0);
+
     /* filter zones, when there are any */
 
     if (ngx_http_vts_count_kind(snap, NGX_HTTP_VTS_KIND_FILTER)) {
@@ -761,6 +847,11 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_prom_times(out, snap, ngx_http_vts_filter_times,
                                 sizeof(ngx_http_vts_filter_times)
                                 / sizeof(ngx_http_vts_filter_times[0]), 2);
+
+        ngx_http_vts_prom_histogram(out, snap,
+                                "nginx_vts_filter_request_duration_seconds",
+                                "The histogram of request processing time",
+                                2, 0);
     }
 
     /* upstream zones */
@@ -819,6 +910,15 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_prom_times(out, snap, ngx_http_vts_upstream_times,
                             sizeof(ngx_http_vts_upstream_times)
                             / sizeof(ngx_http_vts_upstream_times[0]), 1);
+
+    ngx_http_vts_prom_histogram(out, snap,
+                        "nginx_vts_upstream_request_duration_seconds",
+                        "The histogram of request processing time including "
+                        "upstream", 1, 0);
+    ngx_http_vts_prom_histogram(out, snap,
+                        "nginx_vts_upstream_response_duration_seconds",
+                        "The histogram of only upstream response processing "
+                        "time", 1, 1);
 }
 
 
@@ -884,6 +984,34 @@ ngx_http_vts_json_main(ngx_http_vts_page_t *pg)
 }
 
 
+/* "name":{"msecs":[...],"counters":[...]} with cumulative counters */
+
+static void
+ngx_http_vts_json_buckets(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e, uint64_t *counts)
+{
+    uint64_t    sum;
+    ngx_uint_t  i;
+
+    ngx_http_vts_out_fmt(out, ",\"%s\":{\"msecs\":[", name);
+
+    for (i = 0; i < e->c.nbuckets; i++) {
+        ngx_http_vts_out_fmt(out, i ? ",%uD" : "%uD", e->c.bucket_msec[i]);
+    }
+
+    ngx_http_vts_out_str(out, "],\"counters\":[");
+
+    sum = 0;
+
+    for (i = 0; i < e->c.nbuckets; i++) {
+        sum += counts[i];
+        ngx_http_vts_out_fmt(out, i ? ",%uL" : "%uL", sum);
+    }
+
+    ngx_http_vts_out_str(out, "]}");
+}
+
+
 /*
  * The object of a server or filter zone.  The counters are 64 bits wide
  * and are not expected to wrap, so every overCounts member is 0.
@@ -897,14 +1025,16 @@ ngx_http_vts_json_zone(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
                          e->c.requests, e->c.in_bytes, e->c.out_bytes);
     ngx_http_vts_json_responses(out, e);
     ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                         "\"requestMsec\":%uL,"
-                         "\"overCounts\":{\"maxIntegerSize\":%uL,"
+                         "\"requestMsec\":%uL",
+                         e->c.request_msec,
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests));
+    ngx_http_vts_json_buckets(out, "requestBuckets", e,
+                              e->c.request_buckets);
+    ngx_http_vts_out_fmt(out, ",\"overCounts\":{\"maxIntegerSize\":%uL,"
                          "\"requestCounter\":0,\"inBytes\":0,"
                          "\"outBytes\":0,\"1xx\":0,\"2xx\":0,\"3xx\":0,"
                          "\"4xx\":0,\"5xx\":0,\"requestMsecCounter\":0}}",
-                         e->c.request_msec,
-                         ngx_http_vts_avg_msec(e->c.request_msec,
-                                               e->c.requests),
                          (uint64_t) -1);
 }
 
@@ -933,6 +1063,10 @@ ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
                          e->c.response_msec,
                          ngx_http_vts_avg_msec(e->c.response_msec,
                                                e->c.requests));
+    ngx_http_vts_json_buckets(out, "requestBuckets", e,
+                              e->c.request_buckets);
+    ngx_http_vts_json_buckets(out, "responseBuckets", e,
+                              e->c.response_buckets);
 
     us = ngx_http_vts_find_server(pg->r, e);
 

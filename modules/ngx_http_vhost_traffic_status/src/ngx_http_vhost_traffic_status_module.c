@@ -24,6 +24,8 @@ static char *ngx_http_vts_filter_by_set_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_vts_filter_max_node(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_histogram_buckets(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_vts_preconfiguration(ngx_conf_t *cf);
 
 static void *ngx_http_vts_create_main_conf(ngx_conf_t *cf);
@@ -90,6 +92,55 @@ static ngx_command_t  ngx_http_vts_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
       ngx_http_vts_filter_max_node,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, limit),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_traffic"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_limit_traffic,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_traffic_by_set_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_vts_limit_traffic,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_check_duplicate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, limit_check_duplicate),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_bypass_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, bypass_limit),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_bypass_stats"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, bypass_stats),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_histogram_buckets"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_histogram_buckets,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -409,11 +460,37 @@ ngx_http_vts_filter_evict_locked(ngx_http_vts_ctx_t *ctx,
 
 
 static void
-ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_uint_t status,
-    ngx_msec_t request_msec, ngx_msec_t response_msec, off_t in, off_t out)
+ngx_http_vts_bucket(ngx_http_vts_counters_t *c, uint64_t *counts,
+    ngx_msec_t msec)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < c->nbuckets; i++) {
+        if (msec <= c->bucket_msec[i]) {
+            counts[i]++;
+            return;
+        }
+    }
+}
+
+
+static void
+ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_http_vts_buckets_t *b,
+    ngx_uint_t status, ngx_msec_t request_msec, ngx_msec_t response_msec,
+    off_t in, off_t out)
 {
     c->requests++;
     c->last_msec = ngx_current_msec;
+
+    if (c->nbuckets == 0 && b != NULL && b->n) {
+        c->nbuckets = b->n;
+        ngx_memcpy(c->bucket_msec, b->msec, b->n * sizeof(uint32_t));
+    }
+
+    if (c->nbuckets) {
+        ngx_http_vts_bucket(c, c->request_buckets, request_msec);
+        ngx_http_vts_bucket(c, c->response_buckets, response_msec);
+    }
 
     if (status >= 100 && status < 600) {
         c->responses[status / 100 - 1]++;
@@ -558,7 +635,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
 
-    if (!vlcf->enable) {
+    if (!vlcf->enable || vlcf->bypass_stats) {
         return NGX_OK;
     }
 
@@ -648,7 +725,8 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
                                       host.data, host.len, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
 
     } else {
         full = 1;
@@ -658,7 +736,8 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                       (u_char *) NGX_HTTP_VTS_SUM_KEY,
                                       sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
 
     } else {
         full = 1;
@@ -678,7 +757,8 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         vn = ngx_http_vts_node_get_locked(ctx, fk[i].kind, fk[i].key,
                                           fk[i].len, fk[i].glen);
         if (vn != NULL) {
-            ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+            ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
 
         } else {
             full = 1;
@@ -737,12 +817,14 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                     st = status;
                 }
 
-                ngx_http_vts_count(&vn->counters, st, req_ms, resp_ms,
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, req_ms,
+                                   resp_ms,
                                    in, out);
 
             } else {
                 /* an earlier, failed attempt */
-                ngx_http_vts_count(&vn->counters, st, 0, resp_ms, 0, 0);
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, 0,
+                                   resp_ms, 0, 0);
             }
         }
     }
@@ -1323,6 +1405,65 @@ ngx_http_vts_filters_add(ngx_array_t *to, ngx_array_t *from,
 }
 
 
+/* vhost_traffic_status_histogram_buckets 0.005 0.01 0.05 ... (seconds) */
+
+static char *
+ngx_http_vts_histogram_buckets(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_vts_loc_conf_t *vlcf = conf;
+
+    ngx_int_t                ms;
+    ngx_str_t               *value;
+    ngx_uint_t               i;
+    ngx_http_vts_buckets_t  *b;
+
+    if (vlcf->buckets != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts - 1 > NGX_HTTP_VTS_MAX_BUCKETS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" takes at most %d buckets",
+                           &cmd->name, NGX_HTTP_VTS_MAX_BUCKETS);
+        return NGX_CONF_ERROR;
+    }
+
+    b = ngx_pcalloc(cf->pool, sizeof(ngx_http_vts_buckets_t));
+    if (b == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        ms = ngx_atofp(value[i].data, value[i].len, 3);
+
+        if (ms == NGX_ERROR || ms > 0x7fffffff) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid bucket \"%V\" in \"%V\"; give "
+                               "seconds with up to 3 decimals, such as 0.005",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        if (b->n && (uint32_t) ms <= b->msec[b->n - 1]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "bucket \"%V\" in \"%V\" is not greater "
+                               "than the one before it; give the buckets in "
+                               "increasing order", &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        b->msec[b->n++] = (uint32_t) ms;
+    }
+
+    vlcf->buckets = b;
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_vts_create_main_conf(ngx_conf_t *cf)
 {
@@ -1363,6 +1504,12 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     vlcf->filter_check_duplicate = NGX_CONF_UNSET;
     vlcf->format = NGX_CONF_UNSET_UINT;
     vlcf->filter_keys = NGX_CONF_UNSET_PTR;
+    vlcf->limit = NGX_CONF_UNSET;
+    vlcf->limit_check_duplicate = NGX_CONF_UNSET;
+    vlcf->bypass_limit = NGX_CONF_UNSET;
+    vlcf->bypass_stats = NGX_CONF_UNSET;
+    vlcf->limits = NGX_CONF_UNSET_PTR;
+    vlcf->buckets = NGX_CONF_UNSET_PTR;
 
     return vlcf;
 }
@@ -1384,6 +1531,24 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->filter_check_duplicate,
                          prev->filter_check_duplicate, 1);
     ngx_conf_merge_ptr_value(conf->filter_keys, prev->filter_keys, NULL);
+    ngx_conf_merge_value(conf->limit, prev->limit, 1);
+    ngx_conf_merge_value(conf->limit_check_duplicate,
+                         prev->limit_check_duplicate, 1);
+    ngx_conf_merge_value(conf->bypass_limit, prev->bypass_limit, 0);
+    ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
+    ngx_conf_merge_ptr_value(conf->buckets, prev->buckets, NULL);
+
+    if (conf->limits == NGX_CONF_UNSET_PTR) {
+        /* inherited: already made unique at its own level */
+        conf->limits = (prev->limits == NGX_CONF_UNSET_PTR) ? NULL
+                                                            : prev->limits;
+
+    } else if (conf->limit_check_duplicate) {
+        conf->limits = ngx_http_vts_limits_unique(cf, conf->limits);
+        if (conf->limits == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
 
     /*
      * the keys applied to a request: those of the http level, then those
@@ -1449,6 +1614,13 @@ ngx_http_vts_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_vts_log_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_vts_limit_handler;
 
     return NGX_OK;
 }

@@ -45,6 +45,16 @@
 #define NGX_HTTP_VTS_MAX_KEY_LEN         4096
 
 
+#define NGX_HTTP_VTS_MAX_BUCKETS         32
+
+
+/* vhost_traffic_status_histogram_buckets: upper bounds, increasing */
+typedef struct {
+    ngx_uint_t                  n;
+    uint32_t                    msec[NGX_HTTP_VTS_MAX_BUCKETS];
+} ngx_http_vts_buckets_t;
+
+
 /* counters of one zone entry; all updated under the slab pool mutex */
 typedef struct {
     uint64_t                    requests;
@@ -54,6 +64,11 @@ typedef struct {
     uint64_t                    request_msec;      /* sum */
     uint64_t                    response_msec;     /* sum, upstream only */
     uint64_t                    last_msec;         /* last update, for LRU */
+    /* histogram: bounds of the location that first counted with buckets */
+    uint32_t                    nbuckets;
+    uint32_t                    bucket_msec[NGX_HTTP_VTS_MAX_BUCKETS];
+    uint64_t                    request_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
+    uint64_t                    response_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
 } ngx_http_vts_counters_t;
 
 
@@ -93,6 +108,15 @@ typedef struct {
 } ngx_http_vts_filter_key_t;
 
 
+/* one vhost_traffic_status_limit_traffic[_by_set_key] */
+typedef struct {
+    ngx_http_complex_value_t    key;               /* by_set_key only */
+    ngx_http_complex_value_t    member;            /* "member:size" */
+    ngx_uint_t                  has_key;
+    ngx_uint_t                  code;
+} ngx_http_vts_limit_t;
+
+
 typedef struct {
     ngx_shm_zone_t             *shm_zone;
     ngx_array_t                *filter_keys;       /* http level */
@@ -112,6 +136,12 @@ typedef struct {
     ngx_uint_t                  format;
     ngx_array_t                *filter_keys;       /* server / location */
     ngx_array_t                *filters;           /* applied: http + own */
+    ngx_flag_t                  limit;
+    ngx_flag_t                  limit_check_duplicate;
+    ngx_flag_t                  bypass_limit;
+    ngx_flag_t                  bypass_stats;
+    ngx_array_t                *limits;            /* of ngx_http_vts_limit_t */
+    ngx_http_vts_buckets_t     *buckets;
 } ngx_http_vts_loc_conf_t;
 
 
@@ -138,6 +168,10 @@ ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_vts_snapshot(ngx_http_request_t *r,
     ngx_http_vts_snapshot_t *snap);
 ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_vts_limit_handler(ngx_http_request_t *r);
+char *ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_array_t *ngx_http_vts_limits_unique(ngx_conf_t *cf, ngx_array_t *limits);
 ngx_int_t ngx_http_vts_server_key(ngx_http_request_t *r, ngx_str_t *host);
 ngx_http_vts_node_t *ngx_http_vts_node_find_locked(ngx_http_vts_ctx_t *ctx,
     ngx_uint_t kind, u_char *key, size_t len, size_t glen);
