@@ -2242,3 +2242,190 @@ fn histogram_and_limit_directive_errors() {
         );
     }
 }
+
+/// `vhost_traffic_status_set_by_filter` reads one value of a zone into a variable;
+/// `display_sum_key` renames the sum zone; `display_format jsonp` and `.../format/jsonp` wrap
+/// the JSON in the `display_jsonp` callback.
+#[test]
+fn set_by_filter_sum_key_and_jsonp() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1) = (free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    upstream back {{ server 127.0.0.1:{b1} weight=7; }}
+    {backend}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name s.test;
+        vhost_traffic_status_filter_by_set_key $arg_c country::$server_name;
+        vhost_traffic_status_set_by_filter $server_requests server/s.test/requestCounter;
+        location / {{ return 200 "ok\n"; }}
+        location /up/ {{ proxy_pass http://back/; }}
+        location = /get {{
+            vhost_traffic_status_set_by_filter $kr filter/country::$server_name@KR/requestCounter;
+            vhost_traffic_status_set_by_filter $peer_2xx upstream@group/back@127.0.0.1:{b1}/2xx;
+            vhost_traffic_status_set_by_filter $peer_weight upstream@group/back@127.0.0.1:{b1}/weight;
+            vhost_traffic_status_set_by_filter $missing server/nowhere.test/requestCounter;
+            return 200 "$kr $peer_2xx $peer_weight $missing\n";
+        }}
+        location = /server {{ return 200 "$server_requests\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; vhost_traffic_status_display_sum_key total; }}
+        location /jsonp {{
+            vhost_traffic_status_display;
+            vhost_traffic_status_display_format jsonp;
+            vhost_traffic_status_display_jsonp update_vts;
+        }}
+    }}"#,
+            backend = backend(b1)
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+        for path in ["/?c=KR", "/?c=KR", "/?c=US", "/up/a", "/up/b", "/up/c"] {
+            assert_eq!(get_host(port, "s.test", path).status, 200, "{path}");
+        }
+        assert_eq!(get_host(port, "s.test", "/get").body, "2 3 7 0\n");
+        assert_eq!(
+            get_host(port, "s.test", "/server").body,
+            "7\n",
+            "6 requests and /get before it"
+        );
+
+        let j = status_json(status_port, "/status/format/json");
+        assert_eq!(
+            j.get("serverZones").keys(),
+            ["s.test", "total"],
+            "the sum key is renamed"
+        );
+        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        assert_eq!(
+            e.int(
+                "nginx_vts_server_requests_total",
+                &[("host", "total"), ("code", "total")]
+            ),
+            8
+        );
+
+        for path in ["/jsonp", "/status/format/jsonp"] {
+            let r = http::get(status_port, path);
+            assert_eq!(r.status, 200);
+            assert_eq!(
+                r.header("Content-Type"),
+                Some("application/javascript"),
+                "{path}"
+            );
+            let callback = if path == "/jsonp" {
+                "update_vts"
+            } else {
+                "ngx_http_vhost_traffic_status_jsonp_callback"
+            };
+            let inner = r
+                .body
+                .strip_prefix(&format!("{callback}("))
+                .and_then(|b| b.strip_suffix(")\n"))
+                .unwrap_or_else(|| panic!("{path}: {}", r.body));
+            Json::parse(inner).get("serverZones");
+        }
+        nginx.quit();
+    }
+}
+
+/// `vhost_traffic_status_dump`: the counters are written on exit and periodically, and a
+/// restarted nginx starts from them.
+#[test]
+fn dump_survives_a_restart() {
+    for strategy in Strategy::ALL {
+        let (dir, root) = bundle(strategy);
+        let (port, status_port) = (free_port(), free_port());
+        // worker 0 writes the dump: its directory must be writable by the workers' user
+        // (nobody, when the tests run as root)
+        use std::os::unix::fs::PermissionsExt;
+        let dump_dir = root.join("dump");
+        std::fs::create_dir_all(&dump_dir).unwrap();
+        std::fs::set_permissions(&dump_dir, std::fs::Permissions::from_mode(0o777)).unwrap();
+        for d in [dir.path(), root.as_path()] {
+            std::fs::set_permissions(d, std::fs::Permissions::from_mode(0o755)).unwrap();
+        }
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    vhost_traffic_status_dump dump/vts.db 1s;
+    vhost_traffic_status_filter_by_set_key $uri uris::*;
+    server {{
+        listen 127.0.0.1:{port};
+        server_name dump.test;
+        location / {{ return 200 "ok\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#
+        );
+        let db = dump_dir.join("vts.db");
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+        for path in ["/a", "/a", "/b"] {
+            assert_eq!(get_host(port, "dump.test", path).status, 200);
+        }
+        // the periodic dump, while nginx runs
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+        while !db.exists() && std::time::Instant::now() < deadline {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
+        assert!(db.exists(), "the dump is written every period");
+        assert_eq!(get_host(port, "dump.test", "/c").status, 200);
+        assert!(nginx.quit().success());
+
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+        assert!(
+            nginx.error_log().contains("restored"),
+            "{}",
+            nginx.error_log()
+        );
+        let j = status_json(status_port, "/status/format/json");
+        assert_eq!(
+            j.get("serverZones")
+                .get("dump.test")
+                .get("requestCounter")
+                .u64(),
+            4,
+            "the request after the periodic dump too"
+        );
+        assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 4);
+        assert_eq!(
+            j.get("filterZones")
+                .get("uris::*")
+                .get("/a")
+                .get("requestCounter")
+                .u64(),
+            2
+        );
+        assert_eq!(get_host(port, "dump.test", "/a").status, 200);
+        let j = status_json(status_port, "/status/format/json");
+        assert_eq!(
+            j.get("serverZones")
+                .get("dump.test")
+                .get("requestCounter")
+                .u64(),
+            5,
+            "counting goes on"
+        );
+        nginx.quit();
+
+        // a file that is not a dump is ignored with a warning
+        std::fs::write(&db, "garbage").unwrap();
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
+        assert!(
+            nginx.error_log().contains("is not a dump of this version"),
+            "{}",
+            nginx.error_log()
+        );
+        let j = status_json(status_port, "/status/format/json");
+        assert!(j.get("serverZones").try_get("dump.test").is_none());
+        nginx.quit();
+    }
+}

@@ -396,8 +396,8 @@ ngx_http_vts_get_connections(ngx_http_vts_conns_t *c)
 }
 
 
-static ngx_http_upstream_server_t *
-ngx_http_vts_find_server(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
+ngx_http_upstream_server_t *
+ngx_http_vts_find_server_conf(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
 {
     ngx_uint_t                       i, j, k;
     ngx_http_upstream_server_t      *us;
@@ -1068,7 +1068,7 @@ ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
     ngx_http_vts_json_buckets(out, "responseBuckets", e,
                               e->c.response_buckets);
 
-    us = ngx_http_vts_find_server(pg->r, e);
+    us = ngx_http_vts_find_server_conf(pg->r, e);
 
     if (us != NULL) {
         ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
@@ -1534,6 +1534,7 @@ ngx_http_vts_uri_format(ngx_http_request_t *r)
         { ngx_string("/format/json"), NGX_HTTP_VTS_FORMAT_JSON },
         { ngx_string("/format/prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
         { ngx_string("/format/html"), NGX_HTTP_VTS_FORMAT_HTML },
+        { ngx_string("/format/jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     };
 
     last = r->uri.data + r->uri.len;
@@ -1614,7 +1615,7 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     ngx_http_vts_page_t        pg;
     ngx_http_vts_snapshot_t    snap;
     ngx_str_t                  cmd, group, zone;
-    ngx_uint_t                 control, count;
+    ngx_uint_t                 control, count, i;
     ngx_http_vts_loc_conf_t   *vlcf;
     ngx_http_vts_main_conf_t  *vmcf;
 
@@ -1676,6 +1677,14 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
+    /* vhost_traffic_status_display_sum_key names the sum zone */
+
+    for (i = 0; i < snap.nentries; i++) {
+        if (snap.entries[i].kind == NGX_HTTP_VTS_KIND_SUM) {
+            snap.entries[i].name = vlcf->sum_key;
+        }
+    }
+
     tp = ngx_timeofday();
 
     pg.r = r;
@@ -1697,6 +1706,17 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     case NGX_HTTP_VTS_FORMAT_HTML:
         ngx_http_vts_html(&pg);
         ngx_str_set(&r->headers_out.content_type, "text/html");
+        break;
+
+    case NGX_HTTP_VTS_FORMAT_JSONP:
+        ngx_http_vts_out_raw(&out, vlcf->jsonp.data, vlcf->jsonp.len);
+        ngx_http_vts_out_str(&out, "(");
+        ngx_http_vts_json(&pg);
+        /* the document ends with a newline: close the call before it */
+        out.b->last--;
+        out.size--;
+        ngx_http_vts_out_str(&out, ")\n");
+        ngx_str_set(&r->headers_out.content_type, "application/javascript");
         break;
 
     default: /* NGX_HTTP_VTS_FORMAT_JSON */

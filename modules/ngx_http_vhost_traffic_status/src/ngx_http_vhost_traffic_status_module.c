@@ -11,9 +11,6 @@
 static ngx_int_t ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_vts_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static ngx_http_vts_node_t *ngx_http_vts_node_get_locked(
-    ngx_http_vts_ctx_t *ctx, ngx_uint_t kind, u_char *key, size_t len,
-    size_t glen);
 static ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
 
 static char *ngx_http_vts_zone(ngx_conf_t *cf, ngx_command_t *cmd,
@@ -39,6 +36,7 @@ static ngx_conf_enum_t  ngx_http_vts_display_formats[] = {
     { ngx_string("json"), NGX_HTTP_VTS_FORMAT_JSON },
     { ngx_string("prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
     { ngx_string("html"), NGX_HTTP_VTS_FORMAT_HTML },
+    { ngx_string("jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     { ngx_null_string, 0 }
 };
 
@@ -144,6 +142,35 @@ static ngx_command_t  ngx_http_vts_commands[] = {
       0,
       NULL },
 
+    { ngx_string("vhost_traffic_status_set_by_filter"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_HTTP_LIF_CONF|NGX_CONF_TAKE2,
+      ngx_http_vts_set_by_filter,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display_sum_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, sum_key),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display_jsonp"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, jsonp),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_dump"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_dump,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("vhost_traffic_status_display"),
       NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_vts_display,
@@ -184,10 +211,10 @@ ngx_module_t  ngx_http_vhost_traffic_status_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_vts_dump_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_vts_dump_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -341,7 +368,7 @@ ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
  * Returns NULL when the zone has no room for a new key.
  */
 
-static ngx_http_vts_node_t *
+ngx_http_vts_node_t *
 ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
     u_char *key, size_t len, size_t glen)
 {
@@ -1107,6 +1134,10 @@ ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data)
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
 
+    if (ctx->dump_file.len) {
+        ngx_http_vts_dump_restore(ctx, &ctx->dump_file, shm_zone->shm.log);
+    }
+
     return NGX_OK;
 }
 
@@ -1510,6 +1541,7 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     vlcf->bypass_stats = NGX_CONF_UNSET;
     vlcf->limits = NGX_CONF_UNSET_PTR;
     vlcf->buckets = NGX_CONF_UNSET_PTR;
+    vlcf->sets = NGX_CONF_UNSET_PTR;
 
     return vlcf;
 }
@@ -1537,6 +1569,11 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->bypass_limit, prev->bypass_limit, 0);
     ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
     ngx_conf_merge_ptr_value(conf->buckets, prev->buckets, NULL);
+    ngx_conf_merge_ptr_value(conf->sets, prev->sets, NULL);
+    ngx_conf_merge_str_value(conf->sum_key, prev->sum_key,
+                             NGX_HTTP_VTS_SUM_KEY);
+    ngx_conf_merge_str_value(conf->jsonp, prev->jsonp,
+                             NGX_HTTP_VTS_DEFAULT_JSONP);
 
     if (conf->limits == NGX_CONF_UNSET_PTR) {
         /* inherited: already made unique at its own level */
@@ -1605,6 +1642,9 @@ ngx_http_vts_init(ngx_conf_t *cf)
     if (vmcf->shm_zone == NULL) {
         return NGX_OK;
     }
+
+    ((ngx_http_vts_ctx_t *) vmcf->shm_zone->data)->dump_file =
+                                                            vmcf->dump_file;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 

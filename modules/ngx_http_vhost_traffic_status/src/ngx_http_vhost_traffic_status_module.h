@@ -41,6 +41,9 @@
 #define NGX_HTTP_VTS_FORMAT_JSON         1
 #define NGX_HTTP_VTS_FORMAT_PROMETHEUS   2
 #define NGX_HTTP_VTS_FORMAT_HTML         3
+#define NGX_HTTP_VTS_FORMAT_JSONP        4
+
+#define NGX_HTTP_VTS_DEFAULT_JSONP  "ngx_http_vhost_traffic_status_jsonp_callback"
 
 #define NGX_HTTP_VTS_MAX_KEY_LEN         4096
 
@@ -97,6 +100,7 @@ typedef struct {
 typedef struct {
     ngx_http_vts_shctx_t       *sh;
     ngx_slab_pool_t            *shpool;
+    ngx_str_t                   dump_file;         /* restore from, if set */
 } ngx_http_vts_ctx_t;
 
 
@@ -122,6 +126,8 @@ typedef struct {
     ngx_array_t                *filter_keys;       /* http level */
     ngx_uint_t                  filter_max_node;
     ngx_array_t                *filter_max_match;  /* of ngx_str_t */
+    ngx_str_t                   dump_file;
+    ngx_msec_t                  dump_period;
     ngx_str_t                   shm_name;
     ssize_t                     shm_size;
     uint64_t                    start_msec;        /* epoch msec of load */
@@ -142,6 +148,9 @@ typedef struct {
     ngx_flag_t                  bypass_stats;
     ngx_array_t                *limits;            /* of ngx_http_vts_limit_t */
     ngx_http_vts_buckets_t     *buckets;
+    ngx_array_t                *sets;              /* set_by_filter */
+    ngx_str_t                   sum_key;
+    ngx_str_t                   jsonp;
 } ngx_http_vts_loc_conf_t;
 
 
@@ -169,6 +178,19 @@ ngx_int_t ngx_http_vts_snapshot(ngx_http_request_t *r,
     ngx_http_vts_snapshot_t *snap);
 ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);
 ngx_int_t ngx_http_vts_limit_handler(ngx_http_request_t *r);
+ngx_http_vts_node_t *ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_uint_t kind, u_char *key, size_t len, size_t glen);
+char *ngx_http_vts_dump(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_http_vts_dump_restore(ngx_http_vts_ctx_t *ctx, ngx_str_t *path,
+    ngx_log_t *log);
+ngx_int_t ngx_http_vts_dump_write(ngx_http_vts_ctx_t *ctx, ngx_str_t *path,
+    ngx_log_t *log);
+ngx_int_t ngx_http_vts_dump_init_process(ngx_cycle_t *cycle);
+void ngx_http_vts_dump_exit_process(ngx_cycle_t *cycle);
+char *ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_upstream_server_t *ngx_http_vts_find_server_conf(
+    ngx_http_request_t *r, ngx_http_vts_entry_t *e);
 char *ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_array_t *ngx_http_vts_limits_unique(ngx_conf_t *cf, ngx_array_t *limits);
