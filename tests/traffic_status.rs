@@ -2429,3 +2429,192 @@ fn dump_survives_a_restart() {
         nginx.quit();
     }
 }
+
+/// Runs headless Debian `chromium` with `extra` arguments on `url` (at most 120 s), returning
+/// its standard output.
+fn chromium(url: &str, extra: &[&str]) -> String {
+    let profile = temp_dir("vts-chromium");
+    let mut args: Vec<String> = [
+        "--headless",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-quic",
+        "--no-first-run",
+        "--disable-background-networking",
+        "--disable-component-update",
+        "--disable-sync",
+        "--virtual-time-budget=5000",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    args.push(format!("--user-data-dir={}", profile.path().display()));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    args.push(url.to_string());
+    let out_path = profile.path().join("stdout");
+    let mut child = std::process::Command::new("chromium")
+        .args(&args)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&out_path).unwrap())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .expect("run chromium (Debian package chromium)");
+    let started = std::time::Instant::now();
+    let deadline = started + std::time::Duration::from_secs(120);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "chromium {args:?}: {status}");
+            eprintln!("chromium took {:.1} s", started.elapsed().as_secs_f64());
+            break;
+        }
+        if std::time::Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("chromium did not finish within 120 s: {args:?}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(100));
+    }
+    std::fs::read_to_string(&out_path).unwrap()
+}
+
+/// The page C string in the module is `share/dashboard.html`, byte for byte.
+#[test]
+fn dashboard_header_matches_its_source() {
+    let module =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/ngx_http_vhost_traffic_status");
+    let html = std::fs::read_to_string(module.join("share/dashboard.html")).unwrap();
+    let header =
+        std::fs::read_to_string(module.join("src/ngx_http_vhost_traffic_status_dashboard.h"))
+            .unwrap();
+    let mut text = String::new();
+    let body = header
+        .split_once("ngx_http_vts_dashboard[] =\n")
+        .expect("the array")
+        .1;
+    for line in body.lines().take_while(|l| !l.starts_with(';')) {
+        let lit = line
+            .trim()
+            .strip_prefix('"')
+            .and_then(|l| l.strip_suffix('"'))
+            .unwrap_or_else(|| panic!("{line:?}"));
+        let mut chars = lit.chars();
+        while let Some(c) = chars.next() {
+            if c == '\\' {
+                match chars.next() {
+                    Some('n') => text.push('\n'),
+                    Some('\\') => text.push('\\'),
+                    Some('"') => text.push('"'),
+                    other => panic!("escape {other:?} in {line:?}"),
+                }
+            } else {
+                text.push(c);
+            }
+        }
+    }
+    assert!(
+        text == html,
+        "regenerate src/ngx_http_vhost_traffic_status_dashboard.h from share/dashboard.html"
+    );
+}
+
+/// The HTML format is a live dashboard: in a real browser (headless chromium) its script
+/// loads the JSON of the same location and the rendered page shows the numbers of the
+/// requests sent, upstream peers with their state, and the chart. One screenshot is kept.
+#[test]
+fn dashboard_renders_live_numbers_in_chromium() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1, b2) = (free_port(), free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    vhost_traffic_status_filter_by_set_key $arg_team teams::*;
+    upstream app {{ server 127.0.0.1:{b1}; server 127.0.0.1:{b2} down; }}
+    {backend}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name shop.test;
+        location / {{ return 200 "shop\n"; }}
+        location /app/ {{ proxy_pass http://app/; }}
+        location = /missing {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; vhost_traffic_status_display_format html; }}
+    }}"#,
+            backend = backend(b1)
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+        let plan: Vec<(&str, &str)> = [
+            [("shop.test", "/?team=red")].repeat(4),
+            [("shop.test", "/app/x")].repeat(3),
+            [("shop.test", "/missing")].repeat(2),
+        ]
+        .concat();
+        run_plan(port, &plan, 3);
+
+        let page = http::get(status_port, "/status");
+        assert_eq!(page.header("Content-Type"), Some("text/html"));
+        assert!(
+            !page.body.contains("src=\"http") && !page.body.contains("href=\"http"),
+            "no external assets"
+        );
+
+        let dom = chromium(
+            &format!("http://127.0.0.1:{status_port}/status"),
+            &["--dump-dom"],
+        );
+        let cell = |zone: &str, field: &str| -> String {
+            let marker = format!("data-zone=\"{zone}\" data-field=\"{field}\"");
+            let at = dom
+                .find(&marker)
+                .unwrap_or_else(|| panic!("no cell {zone}/{field} in the rendered DOM:\n{dom}"));
+            let rest = &dom[at..];
+            let start = rest.find('>').unwrap() + 1;
+            let end = rest.find("</td>").unwrap();
+            rest[start..end].to_string()
+        };
+        assert!(
+            dom.contains("data-loaded=\"1\""),
+            "the script ran and loaded the JSON:\n{dom}"
+        );
+        assert_eq!(cell("shop.test", "requestCounter"), "9");
+        assert_eq!(cell("shop.test", "2xx"), "7");
+        assert_eq!(cell("shop.test", "4xx"), "2");
+        assert_eq!(cell("*", "requestCounter"), "9");
+        assert_eq!(cell("teams::* / red", "requestCounter"), "4");
+        assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "requestCounter"), "3");
+        assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "state"), "up");
+        assert_eq!(
+            cell(&format!("app@127.0.0.1:{b2}"), "state"),
+            "down",
+            "a down peer is shown"
+        );
+        assert_eq!(cell(&format!("app@127.0.0.1:{b2}"), "requestCounter"), "0");
+        // after the second poll the rate is a number (no requests meanwhile: 0.0)
+        assert_eq!(cell("shop.test", "rate"), "0.0");
+        assert!(dom.contains("<canvas id=\"chart\""));
+
+        if strategy == Strategy::Embed {
+            let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).join("vts-dashboard.png");
+            let _ = std::fs::remove_file(&shot);
+            chromium(
+                &format!("http://127.0.0.1:{status_port}/status"),
+                &[
+                    &format!("--screenshot={}", shot.display()),
+                    "--window-size=1280,900",
+                    "--hide-scrollbars",
+                ],
+            );
+            let png = std::fs::read(&shot).expect("the screenshot is written");
+            assert!(
+                png.starts_with(b"\x89PNG") && png.len() > 10_000,
+                "a real screenshot: {} bytes",
+                png.len()
+            );
+            println!("dashboard screenshot: {}", shot.display());
+        }
+        nginx.quit();
+    }
+}

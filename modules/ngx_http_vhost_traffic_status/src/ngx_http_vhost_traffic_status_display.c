@@ -9,6 +9,7 @@
 
 
 #include "ngx_http_vhost_traffic_status_module.h"
+#include "ngx_http_vhost_traffic_status_dashboard.h"
 
 
 #define NGX_HTTP_VTS_OUT_BUF_SIZE  16384
@@ -54,7 +55,6 @@ static void ngx_http_vts_out_fmt(ngx_http_vts_out_t *out,
     const char *fmt, ...);
 static void ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 static void ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s);
-static void ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 
 static ngx_uint_t ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap,
     ngx_uint_t kind);
@@ -295,54 +295,6 @@ ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s)
     }
 
     *p++ = '"';
-
-    out->size += p - out->b->last;
-    out->b->last = p;
-}
-
-
-static void
-ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
-{
-    u_char  *p, *src, *end;
-
-    p = ngx_http_vts_out_reserve(out, s->len * 6);
-    if (p == NULL) {
-        return;
-    }
-
-    src = s->data;
-    end = s->data + s->len;
-
-    while (src < end) {
-        switch (*src) {
-
-        case '&':
-            p = ngx_cpymem(p, "&amp;", 5);
-            break;
-
-        case '<':
-            p = ngx_cpymem(p, "&lt;", 4);
-            break;
-
-        case '>':
-            p = ngx_cpymem(p, "&gt;", 4);
-            break;
-
-        case '"':
-            p = ngx_cpymem(p, "&quot;", 6);
-            break;
-
-        case '\'':
-            p = ngx_cpymem(p, "&#39;", 5);
-            break;
-
-        default:
-            *p++ = *src;
-        }
-
-        src++;
-    }
 
     out->size += p - out->b->last;
     out->b->last = p;
@@ -1412,110 +1364,13 @@ ngx_http_vts_json_control_result(ngx_http_vts_out_t *out, ngx_uint_t ok,
 }
 
 
-/* HTML: a plain, script-free page */
-
-static void
-ngx_http_vts_html_row(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e,
-    ngx_uint_t upstream)
-{
-    ngx_http_vts_out_str(out, "<tr><td>");
-
-    if (upstream) {
-        ngx_http_vts_out_html_esc(out, &e->group);
-        ngx_http_vts_out_str(out, "</td><td>");
-    }
-
-    ngx_http_vts_out_html_esc(out, &e->name);
-    ngx_http_vts_out_fmt(out, "</td><td>%uL</td><td>%uL</td><td>%uL</td>"
-                         "<td>%uL</td><td>%uL</td><td>%uL</td><td>%uL</td>"
-                         "<td>%uL</td><td>%uL</td>",
-                         e->c.requests, e->c.in_bytes, e->c.out_bytes,
-                         e->c.responses[0], e->c.responses[1],
-                         e->c.responses[2], e->c.responses[3],
-                         e->c.responses[4],
-                         ngx_http_vts_avg_msec(e->c.request_msec,
-                                               e->c.requests));
-
-    if (upstream) {
-        ngx_http_vts_out_fmt(out, "<td>%uL</td>",
-                             ngx_http_vts_avg_msec(e->c.response_msec,
-                                                   e->c.requests));
-    }
-
-    ngx_http_vts_out_str(out, "</tr>\n");
-}
-
+/* HTML: the live dashboard; everything it shows comes from the JSON format */
 
 static void
 ngx_http_vts_html(ngx_http_vts_page_t *pg)
 {
-    ngx_uint_t                i;
-    ngx_http_vts_out_t       *out;
-    ngx_http_vts_snapshot_t  *snap;
-
-    out = pg->out;
-    snap = pg->snap;
-
-    ngx_http_vts_out_str(out,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        "<title>nginx vhost traffic status</title>"
-        "<style>table{border-collapse:collapse}"
-        "td,th{border:1px solid #999;padding:2px 6px;text-align:right}"
-        "</style></head><body>\n<h1>nginx vhost traffic status</h1>\n<p>");
-
-    ngx_http_vts_out_html_esc(out, &pg->hostname);
-    ngx_http_vts_out_str(out, " &middot; nginx ");
-    ngx_http_vts_out_html_esc(out, &ngx_http_vts_nginx_version);
-    ngx_http_vts_out_str(out, " &middot; module ");
-    ngx_http_vts_out_html_esc(out, &ngx_http_vts_module_version);
-    ngx_http_vts_out_str(out, " &middot; also as .../format/json and "
-                         ".../format/prometheus</p>\n");
-
-    ngx_http_vts_out_fmt(out, "<h2>Connections</h2>\n<table><tr><th>active"
-                         "</th><th>reading</th><th>writing</th><th>waiting"
-                         "</th><th>accepted</th><th>handled</th><th>requests"
-                         "</th></tr>\n<tr><td>%uL</td><td>%uL</td><td>%uL"
-                         "</td><td>%uL</td><td>%uL</td><td>%uL</td><td>%uL"
-                         "</td></tr></table>\n",
-                         pg->conns.active, pg->conns.reading,
-                         pg->conns.writing, pg->conns.waiting,
-                         pg->conns.accepted, pg->conns.handled,
-                         pg->conns.requests);
-
-    ngx_http_vts_out_str(out, "<h2>Shared zone</h2>\n<table><tr><th>name"
-                         "</th><th>max size</th><th>used size</th>"
-                         "<th>used node</th></tr>\n<tr><td>");
-    ngx_http_vts_out_html_esc(out, &pg->vmcf->shm_zone->shm.name);
-    ngx_http_vts_out_fmt(out, "</td><td>%uz</td><td>%uz</td><td>%ui</td>"
-                         "</tr></table>\n",
-                         snap->max_size, snap->used_size, snap->used_node);
-
-    ngx_http_vts_out_str(out, "<h2>Server zones</h2>\n<table><tr>"
-                         "<th>zone</th><th>requests</th><th>in bytes</th>"
-                         "<th>out bytes</th><th>1xx</th><th>2xx</th>"
-                         "<th>3xx</th><th>4xx</th><th>5xx</th>"
-                         "<th>avg request ms</th></tr>\n");
-
-    for (i = 0; i < snap->nentries; i++) {
-        if (ngx_http_vts_is_server(&snap->entries[i])) {
-            ngx_http_vts_html_row(out, &snap->entries[i], 0);
-        }
-    }
-
-    ngx_http_vts_out_str(out, "</table>\n<h2>Upstream zones</h2>\n<table><tr>"
-                         "<th>upstream</th><th>server</th><th>requests</th>"
-                         "<th>in bytes</th><th>out bytes</th><th>1xx</th>"
-                         "<th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th>"
-                         "<th>avg request ms</th><th>avg response ms</th>"
-                         "</tr>\n");
-
-    for (i = 0; i < snap->nentries; i++) {
-        if (ngx_http_vts_is_upstream(&snap->entries[i])) {
-            ngx_http_vts_html_row(out, &snap->entries[i], 1);
-        }
-    }
-
-    ngx_http_vts_out_str(out, "</table>\n</body></html>\n");
+    ngx_http_vts_out_raw(pg->out, (u_char *) ngx_http_vts_dashboard,
+                         sizeof(ngx_http_vts_dashboard) - 1);
 }
 
 
