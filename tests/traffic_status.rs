@@ -2618,3 +2618,75 @@ fn dashboard_renders_live_numbers_in_chromium() {
         nginx.quit();
     }
 }
+
+/// `vhost_traffic_status_stats_by_upstream off` leaves a location's upstream attempts
+/// uncounted (its server zone still counts); `average_method` / `average_period` are accepted
+/// (the averages stay means) and checked.
+#[test]
+fn stats_by_upstream_and_average_directives() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1) = (free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    vhost_traffic_status_average_method WMA 30s;
+    vhost_traffic_status_average_period 60s;
+    upstream back {{ server 127.0.0.1:{b1}; }}
+    {backend}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name u.test;
+        location /a/ {{ proxy_pass http://back/; }}
+        location /b/ {{ vhost_traffic_status_stats_by_upstream off; proxy_pass http://back/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#,
+            backend = backend(b1)
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+        for path in ["/a/1", "/a/2", "/b/1", "/b/2", "/b/3"] {
+            assert_eq!(get_host(port, "u.test", path).status, 200, "{path}");
+        }
+        let j = status_json(status_port, "/status/format/json");
+        assert_eq!(
+            j.get("serverZones")
+                .get("u.test")
+                .get("requestCounter")
+                .u64(),
+            5
+        );
+        assert_eq!(
+            j.get("upstreamZones").get("back").arr()[0]
+                .get("requestCounter")
+                .u64(),
+            2
+        );
+        nginx.quit();
+    }
+    let (_dir, root) = bundle(Strategy::Embed);
+    let port = free_port();
+    for (directive, message) in [
+        (
+            "vhost_traffic_status_average_method XYZ;",
+            r#"invalid method "XYZ""#,
+        ),
+        (
+            "vhost_traffic_status_average_period soon;",
+            r#"invalid period "soon""#,
+        ),
+    ] {
+        let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
+        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
+            Ok(_) => panic!("nginx started with {directive}"),
+            Err(e) => e,
+        };
+        assert!(
+            err.contains(message),
+            "{directive}: expected {message:?} in:\n{err}"
+        );
+    }
+}

@@ -23,6 +23,8 @@ static char *ngx_http_vts_filter_max_node(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_vts_histogram_buckets(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_average_method(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_vts_preconfiguration(ngx_conf_t *cf);
 
 static void *ngx_http_vts_create_main_conf(ngx_conf_t *cf);
@@ -168,6 +170,27 @@ static ngx_command_t  ngx_http_vts_commands[] = {
       NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
       ngx_http_vts_dump,
       NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_stats_by_upstream"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, stats_by_upstream),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_average_method"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_average_method,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_average_period"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_vts_average_method,
+      NGX_HTTP_LOC_CONF_OFFSET,
       0,
       NULL },
 
@@ -738,7 +761,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     key = NULL;
 
-    if (r->upstream_states != NULL && r->upstream_states->nelts > 0) {
+    if (vlcf->stats_by_upstream
+        && r->upstream_states != NULL && r->upstream_states->nelts > 0)
+    {
         key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
         if (key == NULL) {
             return NGX_OK;
@@ -1436,6 +1461,59 @@ ngx_http_vts_filters_add(ngx_array_t *to, ngx_array_t *from,
 }
 
 
+/*
+ * vhost_traffic_status_average_method AMM|WMA [period] and
+ * vhost_traffic_status_average_period period are checked and accepted so
+ * that configurations written for nginx-module-vts start; the averages
+ * stay means over all requests (a notice says so once).
+ */
+
+static char *
+ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_str_t         *value, *period;
+    static ngx_uint_t  noticed;
+
+    value = cf->args->elts;
+    period = &value[1];
+
+    if (ngx_strcmp(cmd->name.data, "vhost_traffic_status_average_method")
+        == 0)
+    {
+
+        if (!(value[1].len == 3
+              && (ngx_strncasecmp(value[1].data, (u_char *) "AMM", 3) == 0
+                  || ngx_strncasecmp(value[1].data, (u_char *) "WMA", 3)
+                     == 0)))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid method \"%V\" in \"%V\"; give AMM "
+                               "or WMA", &value[1], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        period = (cf->args->nelts == 3) ? &value[2] : NULL;
+    }
+
+    if (period != NULL && ngx_parse_time(period, 1) == (time_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid period \"%V\" in \"%V\"; give a time "
+                           "such as 60s", period, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (!noticed) {
+        noticed = 1;
+        ngx_conf_log_error(NGX_LOG_NOTICE, cf, 0,
+                           "\"%V\" is accepted, but averages are means "
+                           "over all requests since the zone was created",
+                           &cmd->name);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
 /* vhost_traffic_status_histogram_buckets 0.005 0.01 0.05 ... (seconds) */
 
 static char *
@@ -1542,6 +1620,7 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     vlcf->limits = NGX_CONF_UNSET_PTR;
     vlcf->buckets = NGX_CONF_UNSET_PTR;
     vlcf->sets = NGX_CONF_UNSET_PTR;
+    vlcf->stats_by_upstream = NGX_CONF_UNSET;
 
     return vlcf;
 }
@@ -1570,6 +1649,7 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
     ngx_conf_merge_ptr_value(conf->buckets, prev->buckets, NULL);
     ngx_conf_merge_ptr_value(conf->sets, prev->sets, NULL);
+    ngx_conf_merge_value(conf->stats_by_upstream, prev->stats_by_upstream, 1);
     ngx_conf_merge_str_value(conf->sum_key, prev->sum_key,
                              NGX_HTTP_VTS_SUM_KEY);
     ngx_conf_merge_str_value(conf->jsonp, prev->jsonp,

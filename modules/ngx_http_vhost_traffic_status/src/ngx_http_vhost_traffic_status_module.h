@@ -149,6 +149,7 @@ typedef struct {
     ngx_array_t                *limits;            /* of ngx_http_vts_limit_t */
     ngx_http_vts_buckets_t     *buckets;
     ngx_array_t                *sets;              /* set_by_filter */
+    ngx_flag_t                  stats_by_upstream;
     ngx_str_t                   sum_key;
     ngx_str_t                   jsonp;
 } ngx_http_vts_loc_conf_t;
