@@ -91,18 +91,8 @@ fn issue4_health_checkers(strategy: Strategy) -> Vec<Row> {
         ],
     );
     let without = remove_block(&with, "init_worker_by_lua_block {");
-    let pair = Pair {
-        root: &root,
-        backends: &backends,
-        ports: vec![port],
-        load_port: port,
-        path: "/",
-    };
-    pair.compare(
-        ("issue 4", strategy),
-        ("with health checkers", &with),
-        ("without", &without),
-    )
+    let pair = Pair { root: &root, backends: &backends, ports: vec![port], load_port: port, path: "/" };
+    pair.compare(("issue 4", strategy), ("with health checkers", &with), ("without", &without))
 }
 
 /// Issue 5: the lualib seed's comprehensive example with and without the traffic status zone.
@@ -114,12 +104,7 @@ fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
     let ca = TestCa::new();
     let ca_path = dir.path().join("ca.pem");
     ca.write_pem(&ca_path);
-    let backends = Backends::start(
-        &root,
-        &dir.path().join("backends"),
-        4,
-        &[(&ca, 2), (&ca, 3)],
-    );
+    let backends = Backends::start(&root, &dir.path().join("backends"), 4, &[(&ca, 2), (&ca, 3)]);
     let (port, status_port) = (free_port(), free_port());
     let with = port_example(
         &root,
@@ -131,36 +116,20 @@ fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
             ("10.0.2.12:8080", backends.addr(3)),
             ("listen 80;", format!("listen 127.0.0.1:{port};")),
             ("listen 18080;", format!("listen 127.0.0.1:{status_port};")),
-            (
-                "http {\n",
-                format!(
-                    "http {{\n    lua_ssl_trusted_certificate {};\n",
-                    ca_path.display()
-                ),
-            ),
+            ("http {\n", format!("http {{\n    lua_ssl_trusted_certificate {};\n", ca_path.display())),
         ],
     );
     // nginx accepts `vhost_traffic_status_filter_by_host on;` without a zone, so only the
     // zone line goes; without a zone the module does no per-request accounting.
     let without = remove_line(&with, "vhost_traffic_status_zone ");
-    let pair = Pair {
-        root: &root,
-        backends: &backends,
-        ports: vec![port, status_port],
-        load_port: port,
-        path: "/api/x",
-    };
+    let pair = Pair { root: &root, backends: &backends, ports: vec![port, status_port], load_port: port, path: "/api/x" };
     let with_filters = insert_after_line(
         &with,
         "vhost_traffic_status_zone ",
         "    vhost_traffic_status_filter_by_set_key $uri uris::*;\n    \
          vhost_traffic_status_filter_by_set_key $remote_addr clients::*;\n",
     );
-    let mut rows = pair.compare(
-        ("issue 5", strategy),
-        ("with traffic status zone", &with),
-        ("without", &without),
-    );
+    let mut rows = pair.compare(("issue 5", strategy), ("with traffic status zone", &with), ("without", &without));
     rows.extend(pair.compare(
         ("issue 5", strategy),
         ("zone + 2 filter keys", &with_filters),
@@ -180,22 +149,8 @@ struct Pair<'a> {
 }
 
 impl Pair<'_> {
-    fn compare(
-        &self,
-        (issue, strategy): (&'static str, Strategy),
-        a: (&'static str, &str),
-        b: (&'static str, &str),
-    ) -> Vec<Row> {
-        let mut rows: Vec<Row> = [a.0, b.0]
-            .iter()
-            .map(|&variant| Row {
-                issue,
-                strategy,
-                variant,
-                runs: Vec::new(),
-                probes: 0,
-            })
-            .collect();
+    fn compare(&self, (issue, strategy): (&'static str, Strategy), a: (&'static str, &str), b: (&'static str, &str)) -> Vec<Row> {
+        let mut rows: Vec<Row> = [a.0, b.0].iter().map(|&variant| Row { issue, strategy, variant, runs: Vec::new(), probes: 0 }).collect();
         for round in 0..ROUNDS {
             for (row, conf) in rows.iter_mut().zip([a.1, b.1]) {
                 let probes_before = self.backends.probes();
@@ -236,13 +191,12 @@ impl Pair<'_> {
 // Configurations
 // ---------------------------------------------------------------------------------------------
 
+
 /// Removes the block that starts at the line containing `opening` (which ends in `{`) up to
 /// its matching `}`; the block's Lua contains no braces in strings, so counting them suffices.
 fn remove_block(conf: &str, opening: &str) -> String {
     assert_eq!(conf.matches(opening).count(), 1, "{opening:?} occurs once");
-    let start = conf[..conf.find(opening).unwrap()]
-        .rfind('\n')
-        .map_or(0, |i| i + 1);
+    let start = conf[..conf.find(opening).unwrap()].rfind('\n').map_or(0, |i| i + 1);
     let mut depth = 0;
     for (i, c) in conf[start..].char_indices() {
         match c {
@@ -264,11 +218,7 @@ fn remove_block(conf: &str, opening: &str) -> String {
 /// Inserts `text` after the one line containing `needle`.
 fn insert_after_line(conf: &str, needle: &str, text: &str) -> String {
     let lines: Vec<&str> = conf.lines().collect();
-    assert_eq!(
-        lines.iter().filter(|l| l.contains(needle)).count(),
-        1,
-        "{needle:?} occurs on one line"
-    );
+    assert_eq!(lines.iter().filter(|l| l.contains(needle)).count(), 1, "{needle:?} occurs on one line");
     let mut out = String::new();
     for l in lines {
         out.push_str(l);
@@ -283,16 +233,8 @@ fn insert_after_line(conf: &str, needle: &str, text: &str) -> String {
 /// Removes the one line containing `needle`.
 fn remove_line(conf: &str, needle: &str) -> String {
     let lines: Vec<&str> = conf.lines().collect();
-    assert_eq!(
-        lines.iter().filter(|l| l.contains(needle)).count(),
-        1,
-        "{needle:?} occurs on one line"
-    );
-    lines
-        .iter()
-        .filter(|l| !l.contains(needle))
-        .map(|l| format!("{l}\n"))
-        .collect()
+    assert_eq!(lines.iter().filter(|l| l.contains(needle)).count(), 1, "{needle:?} occurs on one line");
+    lines.iter().filter(|l| !l.contains(needle)).map(|l| format!("{l}\n")).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -310,12 +252,7 @@ struct Backends {
 impl Backends {
     /// `count` plain-http servers; the indices in `tls` speak https with a certificate for
     /// `bar.internal` issued by the given CA.
-    fn start(
-        bundle_root: &Path,
-        prefix: &Path,
-        count: usize,
-        tls: &[(&TestCa, usize)],
-    ) -> Backends {
+    fn start(bundle_root: &Path, prefix: &Path, count: usize, tls: &[(&TestCa, usize)]) -> Backends {
         // Its own prefix (pid, logs, conf/test.conf) so it cannot collide with the front nginx,
         // with sbin/ (and lualib/) pointing at the bundle's.
         fs::create_dir_all(prefix.join("conf")).unwrap();
@@ -334,22 +271,14 @@ impl Backends {
             .map(|(i, port)| backend_server(*port, tls.iter().any(|(_, j)| *j == i)))
             .collect();
         // The lualib binary loads resty.core at start, so it needs the bundle's package path.
-        let lua_path = if prefix.join("lualib").exists() {
-            pipeline::dist::LUA_PACKAGE_PATH
-        } else {
-            ""
-        };
+        let lua_path = if prefix.join("lualib").exists() { pipeline::dist::LUA_PACKAGE_PATH } else { "" };
         // One worker: on 2 cores another one would only take CPU from the front nginx.
         let conf = format!(
             "worker_processes 1;\nerror_log logs/error.log warn;\npid logs/nginx.pid;\n\
              events {{ worker_connections 4096; }}\nhttp {{\n    access_log off;\n    {lua_path}\n{servers}}}\n"
         );
         let nginx = Nginx::start(prefix, &conf, &ports);
-        Backends {
-            ports,
-            prefix: prefix.to_path_buf(),
-            _nginx: nginx,
-        }
+        Backends { ports, prefix: prefix.to_path_buf(), _nginx: nginx }
     }
 
     fn addr(&self, i: usize) -> String {
@@ -358,8 +287,7 @@ impl Backends {
 
     /// Health probes answered so far (lines of logs/probes.log).
     fn probes(&self) -> u64 {
-        fs::read_to_string(self.prefix.join("logs/probes.log"))
-            .map_or(0, |s| s.lines().count() as u64)
+        fs::read_to_string(self.prefix.join("logs/probes.log")).map_or(0, |s| s.lines().count() as u64)
     }
 }
 
@@ -467,9 +395,7 @@ fn client(port: u16, request: &str, measure_from: Instant, until: Instant) -> Cl
         match outcome {
             Ok(r) => {
                 if counted && r.status == 200 {
-                    result
-                        .latencies_us
-                        .push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
+                    result.latencies_us.push(done.duration_since(sent).as_micros().min(u32::MAX as u128) as u32);
                 } else if counted {
                     result.failed += 1;
                 }
@@ -503,10 +429,7 @@ impl Conn {
         stream.set_nodelay(true)?;
         stream.set_read_timeout(Some(IO_TIMEOUT))?;
         stream.set_write_timeout(Some(IO_TIMEOUT))?;
-        Ok(Conn {
-            stream,
-            buf: Vec::with_capacity(4096),
-        })
+        Ok(Conn { stream, buf: Vec::with_capacity(4096) })
     }
 
     /// Sends `request` and reads one response with a Content-Length body (what nginx sends for
@@ -521,20 +444,14 @@ impl Conn {
             self.fill()?;
         };
         let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("non-UTF-8 head"))?;
-        let status = head
-            .split(' ')
-            .nth(1)
-            .and_then(|s| s.parse().ok())
-            .ok_or_else(|| bad("no status"))?;
+        let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status"))?;
         let header = |name: &str| {
             head.lines()
                 .filter_map(|l| l.split_once(':'))
                 .find(|(k, _)| k.eq_ignore_ascii_case(name))
                 .map(|(_, v)| v.trim().to_ascii_lowercase())
         };
-        let length: usize = header("content-length")
-            .and_then(|v| v.parse().ok())
-            .ok_or_else(|| bad("no Content-Length"))?;
+        let length: usize = header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| bad("no Content-Length"))?;
         let close = header("connection").is_some_and(|v| v == "close");
         while self.buf.len() < head_end + length {
             self.fill()?;
@@ -563,10 +480,7 @@ fn bad(what: &str) -> io::Error {
 // ---------------------------------------------------------------------------------------------
 
 fn load_average() -> String {
-    fs::read_to_string("/proc/loadavg").map_or_else(
-        |_| "unknown".into(),
-        |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "),
-    )
+    fs::read_to_string("/proc/loadavg").map_or_else(|_| "unknown".into(), |s| s.split_whitespace().take(3).collect::<Vec<_>>().join(" "))
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
@@ -588,11 +502,7 @@ fn print_table(rows: &[Row]) {
         for row in pair {
             let rps = median(row.runs.iter().map(|s| s.rps).collect());
             let per_run: Vec<String> = row.runs.iter().map(|s| format!("{:.0}", s.rps)).collect();
-            let change = if std::ptr::eq(row, &pair[1]) {
-                "".to_string()
-            } else {
-                format!("{:+.1} %", (rps / baseline - 1.0) * 100.0)
-            };
+            let change = if std::ptr::eq(row, &pair[1]) { "".to_string() } else { format!("{:+.1} %", (rps / baseline - 1.0) * 100.0) };
             println!(
                 "| {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {} | {} | {} |",
                 row.issue,
