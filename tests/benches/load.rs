@@ -4,7 +4,9 @@
 //! - Issue 4: conf/examples/embed-healthcheck.conf with its health checkers running, versus
 //!   the same file without its `init_worker_by_lua_block` (both strategies).
 //! - Issue 5: conf/examples/lualib-comprehensive.conf with the traffic status zone, versus
-//!   the same file without the `vhost_traffic_status_zone` line (lualib strategy).
+//!   the same file without the `vhost_traffic_status_zone` line (lualib strategy); and the zone
+//!   with two `vhost_traffic_status_filter_by_set_key` filters ($uri, $remote_addr) versus the
+//!   file without the zone.
 //!
 //! The examples come from the unpacked bundle and are ported to 127.0.0.1 by string
 //! replacement only, as tests/seed_configs.rs does (`worker_processes auto;` is kept).
@@ -121,7 +123,19 @@ fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
     // zone line goes; without a zone the module does no per-request accounting.
     let without = remove_line(&with, "vhost_traffic_status_zone ");
     let pair = Pair { root: &root, backends: &backends, ports: vec![port, status_port], load_port: port, path: "/api/x" };
-    pair.compare(("issue 5", strategy), ("with traffic status zone", &with), ("without", &without))
+    let with_filters = insert_after_line(
+        &with,
+        "vhost_traffic_status_zone ",
+        "    vhost_traffic_status_filter_by_set_key $uri uris::*;\n    \
+         vhost_traffic_status_filter_by_set_key $remote_addr clients::*;\n",
+    );
+    let mut rows = pair.compare(("issue 5", strategy), ("with traffic status zone", &with), ("without", &without));
+    rows.extend(pair.compare(
+        ("issue 5", strategy),
+        ("zone + 2 filter keys", &with_filters),
+        ("without", &without),
+    ));
+    rows
 }
 
 /// Two configurations of one front nginx, measured alternately under the same load.
@@ -199,6 +213,21 @@ fn remove_block(conf: &str, opening: &str) -> String {
         }
     }
     panic!("no end of the block {opening:?}");
+}
+
+/// Inserts `text` after the one line containing `needle`.
+fn insert_after_line(conf: &str, needle: &str, text: &str) -> String {
+    let lines: Vec<&str> = conf.lines().collect();
+    assert_eq!(lines.iter().filter(|l| l.contains(needle)).count(), 1, "{needle:?} occurs on one line");
+    let mut out = String::new();
+    for l in lines {
+        out.push_str(l);
+        out.push('\n');
+        if l.contains(needle) {
+            out.push_str(text);
+        }
+    }
+    out
 }
 
 /// Removes the one line containing `needle`.

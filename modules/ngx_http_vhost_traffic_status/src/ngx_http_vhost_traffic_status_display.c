@@ -9,6 +9,7 @@
 
 
 #include "ngx_http_vhost_traffic_status_module.h"
+#include "ngx_http_vhost_traffic_status_dashboard.h"
 
 
 #define NGX_HTTP_VTS_OUT_BUF_SIZE  16384
@@ -54,8 +55,9 @@ static void ngx_http_vts_out_fmt(ngx_http_vts_out_t *out,
     const char *fmt, ...);
 static void ngx_http_vts_out_prom_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 static void ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s);
-static void ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s);
 
+static ngx_uint_t ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap,
+    ngx_uint_t kind);
 static void ngx_http_vts_prometheus(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_json(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_html(ngx_http_vts_page_t *pg);
@@ -299,54 +301,6 @@ ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s)
 }
 
 
-static void
-ngx_http_vts_out_html_esc(ngx_http_vts_out_t *out, ngx_str_t *s)
-{
-    u_char  *p, *src, *end;
-
-    p = ngx_http_vts_out_reserve(out, s->len * 6);
-    if (p == NULL) {
-        return;
-    }
-
-    src = s->data;
-    end = s->data + s->len;
-
-    while (src < end) {
-        switch (*src) {
-
-        case '&':
-            p = ngx_cpymem(p, "&amp;", 5);
-            break;
-
-        case '<':
-            p = ngx_cpymem(p, "&lt;", 4);
-            break;
-
-        case '>':
-            p = ngx_cpymem(p, "&gt;", 4);
-            break;
-
-        case '"':
-            p = ngx_cpymem(p, "&quot;", 6);
-            break;
-
-        case '\'':
-            p = ngx_cpymem(p, "&#39;", 5);
-            break;
-
-        default:
-            *p++ = *src;
-        }
-
-        src++;
-    }
-
-    out->size += p - out->b->last;
-    out->b->last = p;
-}
-
-
 /* helpers */
 
 static void
@@ -394,8 +348,8 @@ ngx_http_vts_get_connections(ngx_http_vts_conns_t *c)
 }
 
 
-static ngx_http_upstream_server_t *
-ngx_http_vts_find_server(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
+ngx_http_upstream_server_t *
+ngx_http_vts_find_server_conf(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
 {
     ngx_uint_t                       i, j, k;
     ngx_http_upstream_server_t      *us;
@@ -473,6 +427,19 @@ ngx_http_vts_prom_upstream_label(ngx_http_vts_out_t *out, const char *name,
 }
 
 
+static void
+ngx_http_vts_prom_filter_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+    ngx_http_vts_out_str(out, "{filter=\"");
+    ngx_http_vts_out_prom_esc(out, &e->group);
+    ngx_http_vts_out_str(out, "\",filter_name=\"");
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
+}
+
+
 static ngx_uint_t
 ngx_http_vts_is_server(ngx_http_vts_entry_t *e)
 {
@@ -519,6 +486,16 @@ static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
 };
 
 
+static ngx_http_vts_time_family_t  ngx_http_vts_filter_times[] = {
+    { "nginx_vts_filter_request_seconds_total",
+      "The request processing time in seconds counter",
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+    { "nginx_vts_filter_request_seconds",
+      "The average of request processing times in seconds",
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+};
+
+
 static ngx_http_vts_time_family_t  ngx_http_vts_server_times[] = {
     { "nginx_vts_server_request_seconds_total",
       "The request processing time in seconds",
@@ -554,7 +531,14 @@ ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
         for (i = 0; i < snap->nentries; i++) {
             e = &snap->entries[i];
 
-            if (upstream) {
+            if (upstream == 2) {
+                if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                    continue;
+                }
+
+                ngx_http_vts_prom_filter_label(out, tf->name, e);
+
+            } else if (upstream) {
                 if (!ngx_http_vts_is_upstream(e)) {
                     continue;
                 }
@@ -581,6 +565,87 @@ ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
             }
 
             ngx_http_vts_out_str(out, "\n");
+        }
+    }
+}
+
+
+/*
+ * A histogram family over the entries of one sort (0 server, 1 upstream,
+ * 2 filter) that have buckets; nothing when none has.
+ */
+
+static void
+ngx_http_vts_prom_histogram(ngx_http_vts_out_t *out,
+    ngx_http_vts_snapshot_t *snap, const char *name, const char *help,
+    ngx_uint_t which, ngx_uint_t response)
+{
+    u_char                 series[128];
+    uint64_t               sum, *counts;
+    ngx_uint_t             i, j, k, n;
+    ngx_http_vts_entry_t  *e;
+
+    n = 0;
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+
+        if (e->c.nbuckets == 0
+            || (which == 0 && !ngx_http_vts_is_server(e))
+            || (which == 1 && !ngx_http_vts_is_upstream(e))
+            || (which == 2 && e->kind != NGX_HTTP_VTS_KIND_FILTER))
+        {
+            continue;
+        }
+
+        if (n++ == 0) {
+            ngx_http_vts_out_fmt(out, "# HELP %s %s\n# TYPE %s histogram\n",
+                                 name, help, name);
+        }
+
+        counts = response ? e->c.response_buckets : e->c.request_buckets;
+
+        for (k = 0; k <= e->c.nbuckets + 2; k++) {
+
+            *ngx_snprintf(series, sizeof(series) - 1, "%s%s", name,
+                          k < e->c.nbuckets + 1 ? "_bucket"
+                          : (k == e->c.nbuckets + 1 ? "_sum" : "_count"))
+                = '\0';
+
+            if (which == 0) {
+                ngx_http_vts_prom_server_label(out, (char *) series, e);
+
+            } else if (which == 1) {
+                ngx_http_vts_prom_upstream_label(out, (char *) series, e);
+
+            } else {
+                ngx_http_vts_prom_filter_label(out, (char *) series, e);
+            }
+
+            if (k < e->c.nbuckets) {
+                sum = 0;
+
+                for (j = 0; j <= k; j++) {
+                    sum += counts[j];
+                }
+
+                ngx_http_vts_out_fmt(out, ",le=\"%uD.%03uD\"} %uL\n",
+                                     e->c.bucket_msec[k] / 1000,
+                                     e->c.bucket_msec[k] % 1000, sum);
+
+            } else if (k == e->c.nbuckets) {
+                ngx_http_vts_out_fmt(out, ",le=\"+Inf\"} %uL\n",
+                                     e->c.requests);
+
+            } else if (k == e->c.nbuckets + 1) {
+                ngx_http_vts_out_str(out, "} ");
+                ngx_http_vts_out_seconds(out, response ? e->c.response_msec
+                                                       : e->c.request_msec);
+                ngx_http_vts_out_str(out, "\n");
+
+            } else {
+                ngx_http_vts_out_fmt(out, "} %uL\n", e->c.requests);
+            }
         }
     }
 }
@@ -638,8 +703,10 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_out_fmt(out,
                  "nginx_vts_main_shm_usage_bytes{shared=\"max_size\"} %uz\n"
                  "nginx_vts_main_shm_usage_bytes{shared=\"used_size\"} %uz\n"
+                 "nginx_vts_main_shm_usage_bytes{shared=\"free_size\"} %uz\n"
                  "nginx_vts_main_shm_usage_bytes{shared=\"used_node\"} %ui\n",
-                 snap->max_size, snap->used_size, snap->used_node);
+                 snap->max_size, snap->used_size, snap->free_size,
+                 snap->used_node);
 
     /* server zones, the sum zone "*" sorts after them */
 
@@ -683,6 +750,61 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_prom_times(out, snap, ngx_http_vts_server_times,
                             sizeof(ngx_http_vts_server_times)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
+
+    ngx_http_vts_prom_histogram(out, snap,
+                                "nginx_vts_server_request_duration_seconds",
+                                "The histogram of request processing time",
+                                0, 0);
+
+    /* filter zones, when there are any */
+
+    if (ngx_http_vts_count_kind(snap, NGX_HTTP_VTS_KIND_FILTER)) {
+
+        ngx_http_vts_prom_family(out, "nginx_vts_filter_bytes_total",
+                                 "The request/response bytes", "counter");
+
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+            if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                continue;
+            }
+
+            ngx_http_vts_prom_filter_label(out,
+                                           "nginx_vts_filter_bytes_total", e);
+            ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n",
+                                 e->c.in_bytes);
+            ngx_http_vts_prom_filter_label(out,
+                                           "nginx_vts_filter_bytes_total", e);
+            ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
+                                 e->c.out_bytes);
+        }
+
+        ngx_http_vts_prom_family(out, "nginx_vts_filter_requests_total",
+                                 "The requests counter", "counter");
+
+        for (i = 0; i < snap->nentries; i++) {
+            e = &snap->entries[i];
+            if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
+                continue;
+            }
+
+            for (k = 0; k < 5; k++) {
+                ngx_http_vts_prom_filter_label(out,
+                                        "nginx_vts_filter_requests_total", e);
+                ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
+                                     k + 1, e->c.responses[k]);
+            }
+        }
+
+        ngx_http_vts_prom_times(out, snap, ngx_http_vts_filter_times,
+                                sizeof(ngx_http_vts_filter_times)
+                                / sizeof(ngx_http_vts_filter_times[0]), 2);
+
+        ngx_http_vts_prom_histogram(out, snap,
+                                "nginx_vts_filter_request_duration_seconds",
+                                "The histogram of request processing time",
+                                2, 0);
+    }
 
     /* upstream zones */
 
@@ -740,6 +862,15 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
     ngx_http_vts_prom_times(out, snap, ngx_http_vts_upstream_times,
                             sizeof(ngx_http_vts_upstream_times)
                             / sizeof(ngx_http_vts_upstream_times[0]), 1);
+
+    ngx_http_vts_prom_histogram(out, snap,
+                        "nginx_vts_upstream_request_duration_seconds",
+                        "The histogram of request processing time including "
+                        "upstream", 1, 0);
+    ngx_http_vts_prom_histogram(out, snap,
+                        "nginx_vts_upstream_response_duration_seconds",
+                        "The histogram of only upstream response processing "
+                        "time", 1, 1);
 }
 
 
@@ -757,20 +888,28 @@ ngx_http_vts_json_responses(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
 }
 
 
-static void
-ngx_http_vts_json(ngx_http_vts_page_t *pg)
+static ngx_uint_t
+ngx_http_vts_str_eq(ngx_str_t *a, ngx_str_t *b)
 {
-    ngx_str_t                    *group;
-    ngx_uint_t                    i, n;
-    ngx_http_vts_out_t           *out;
-    ngx_http_vts_entry_t         *e;
-    ngx_http_vts_snapshot_t      *snap;
-    ngx_http_upstream_server_t   *us;
+    return a->len == b->len && ngx_strncmp(a->data, b->data, a->len) == 0;
+}
+
+
+/*
+ * The main fields (the "::main" zone of the control API), without the
+ * enclosing braces.
+ */
+
+static void
+ngx_http_vts_json_main(ngx_http_vts_page_t *pg)
+{
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_snapshot_t  *snap;
 
     out = pg->out;
     snap = pg->snap;
 
-    ngx_http_vts_out_str(out, "{\"hostName\":");
+    ngx_http_vts_out_str(out, "\"hostName\":");
     ngx_http_vts_out_json_str(out, &pg->hostname);
     ngx_http_vts_out_str(out, ",\"moduleVersion\":");
     ngx_http_vts_out_json_str(out, &ngx_http_vts_module_version);
@@ -791,16 +930,132 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
     ngx_http_vts_out_str(out, ",\"sharedZones\":{\"name\":");
     ngx_http_vts_out_json_str(out, &pg->vmcf->shm_zone->shm.name);
     ngx_http_vts_out_fmt(out, ",\"maxSize\":%uz,\"usedSize\":%uz,"
-                         "\"usedNode\":%ui}",
-                         snap->max_size, snap->used_size, snap->used_node);
+                         "\"freeSize\":%uz,\"usedNode\":%ui}",
+                         snap->max_size, snap->used_size, snap->free_size,
+                         snap->used_node);
+}
 
-    ngx_http_vts_out_str(out, ",\"serverZones\":{");
 
+/* "name":{"msecs":[...],"counters":[...]} with cumulative counters */
+
+static void
+ngx_http_vts_json_buckets(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e, uint64_t *counts)
+{
+    uint64_t    sum;
+    ngx_uint_t  i;
+
+    ngx_http_vts_out_fmt(out, ",\"%s\":{\"msecs\":[", name);
+
+    for (i = 0; i < e->c.nbuckets; i++) {
+        ngx_http_vts_out_fmt(out, i ? ",%uD" : "%uD", e->c.bucket_msec[i]);
+    }
+
+    ngx_http_vts_out_str(out, "],\"counters\":[");
+
+    sum = 0;
+
+    for (i = 0; i < e->c.nbuckets; i++) {
+        sum += counts[i];
+        ngx_http_vts_out_fmt(out, i ? ",%uL" : "%uL", sum);
+    }
+
+    ngx_http_vts_out_str(out, "]}");
+}
+
+
+/*
+ * The object of a server or filter zone.  The counters are 64 bits wide
+ * and are not expected to wrap, so every overCounts member is 0.
+ */
+
+static void
+ngx_http_vts_json_zone(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_fmt(out, "{\"requestCounter\":%uL,\"inBytes\":%uL,"
+                         "\"outBytes\":%uL,",
+                         e->c.requests, e->c.in_bytes, e->c.out_bytes);
+    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                         "\"requestMsec\":%uL",
+                         e->c.request_msec,
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests));
+    ngx_http_vts_json_buckets(out, "requestBuckets", e,
+                              e->c.request_buckets);
+    ngx_http_vts_out_fmt(out, ",\"overCounts\":{\"maxIntegerSize\":%uL,"
+                         "\"requestCounter\":0,\"inBytes\":0,"
+                         "\"outBytes\":0,\"1xx\":0,\"2xx\":0,\"3xx\":0,"
+                         "\"4xx\":0,\"5xx\":0,\"requestMsecCounter\":0}}",
+                         (uint64_t) -1);
+}
+
+
+static void
+ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_t          *out;
+    ngx_http_upstream_server_t  *us;
+
+    out = pg->out;
+
+    ngx_http_vts_out_str(out, "{\"server\":");
+    ngx_http_vts_out_json_str(out, &e->name);
+    ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
+                         "\"outBytes\":%uL,",
+                         e->c.requests, e->c.in_bytes, e->c.out_bytes);
+    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
+                         "\"requestMsec\":%uL,"
+                         "\"responseMsecCounter\":%uL,"
+                         "\"responseMsec\":%uL",
+                         e->c.request_msec,
+                         ngx_http_vts_avg_msec(e->c.request_msec,
+                                               e->c.requests),
+                         e->c.response_msec,
+                         ngx_http_vts_avg_msec(e->c.response_msec,
+                                               e->c.requests));
+    ngx_http_vts_json_buckets(out, "requestBuckets", e,
+                              e->c.request_buckets);
+    ngx_http_vts_json_buckets(out, "responseBuckets", e,
+                              e->c.response_buckets);
+
+    us = ngx_http_vts_find_server_conf(pg->r, e);
+
+    if (us != NULL) {
+        ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
+                             "\"failTimeout\":%T,\"backup\":%s,"
+                             "\"down\":%s}",
+                             us->weight, us->max_fails, us->fail_timeout,
+                             us->backup ? "true" : "false",
+                             us->down ? "true" : "false");
+
+    } else {
+        ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
+                             "\"failTimeout\":0,\"backup\":false,"
+                             "\"down\":false}");
+    }
+}
+
+
+/* "serverZones":{...}; only "name" when given */
+
+static void
+ngx_http_vts_json_server_zones(ngx_http_vts_page_t *pg, ngx_str_t *name)
+{
+    ngx_uint_t              i, n;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
     n = 0;
 
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_server(e)) {
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (!ngx_http_vts_is_server(e)
+            || (name != NULL && !ngx_http_vts_str_eq(&e->name, name)))
+        {
             continue;
         }
 
@@ -809,31 +1064,117 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
         }
 
         ngx_http_vts_out_json_str(out, &e->name);
-        ngx_http_vts_out_fmt(out, ":{\"requestCounter\":%uL,\"inBytes\":%uL,"
-                             "\"outBytes\":%uL,",
-                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
-        ngx_http_vts_json_responses(out, e);
-        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                             "\"requestMsec\":%uL}",
-                             e->c.request_msec,
-                             ngx_http_vts_avg_msec(e->c.request_msec,
-                                                   e->c.requests));
+        ngx_http_vts_out_str(out, ":");
+        ngx_http_vts_json_zone(out, e);
     }
+}
 
-    ngx_http_vts_out_str(out, "},\"upstreamZones\":{");
 
-    group = NULL;
+static ngx_uint_t
+ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap, ngx_uint_t kind)
+{
+    ngx_uint_t  i, n;
+
+    n = 0;
 
     for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (!ngx_http_vts_is_upstream(e)) {
+        if (snap->entries[i].kind == kind) {
+            n++;
+        }
+    }
+
+    return n;
+}
+
+
+/* the groups of filterZones, without braces; one key with "group" */
+
+static void
+ngx_http_vts_json_filter_zones(ngx_http_vts_page_t *pg, ngx_str_t *group,
+    ngx_str_t *name)
+{
+    ngx_str_t              *last;
+    ngx_uint_t              i, n;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
+    last = NULL;
+    n = 0;
+
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (e->kind != NGX_HTTP_VTS_KIND_FILTER) {
             continue;
         }
 
-        if (group == NULL
-            || group->len != e->group.len
-            || ngx_strncmp(group->data, e->group.data, e->group.len) != 0)
+        if (group != NULL) {
+            if (!ngx_http_vts_str_eq(&e->group, group)
+                || !ngx_http_vts_str_eq(&e->name, name))
+            {
+                continue;
+            }
+
+            ngx_http_vts_out_json_str(out, &e->name);
+            ngx_http_vts_out_str(out, ":");
+            ngx_http_vts_json_zone(out, e);
+            return;
+        }
+
+        if (last == NULL || !ngx_http_vts_str_eq(last, &e->group)) {
+            if (last != NULL) {
+                ngx_http_vts_out_str(out, "},");
+            }
+
+            last = &e->group;
+            n = 0;
+            ngx_http_vts_out_json_str(out, last);
+            ngx_http_vts_out_str(out, ":{");
+        }
+
+        if (n++) {
+            ngx_http_vts_out_str(out, ",");
+        }
+
+        ngx_http_vts_out_json_str(out, &e->name);
+        ngx_http_vts_out_str(out, ":");
+        ngx_http_vts_json_zone(out, e);
+    }
+
+    if (last != NULL) {
+        ngx_http_vts_out_str(out, "}");
+    }
+}
+
+
+/*
+ * The groups of upstreamZones, without braces: named groups, ::nogroups,
+ * or both.
+ */
+
+static void
+ngx_http_vts_json_upstream_zones(ngx_http_vts_page_t *pg, ngx_uint_t groups,
+    ngx_uint_t nogroups)
+{
+    ngx_str_t              *group;
+    ngx_uint_t              i;
+    ngx_http_vts_out_t     *out;
+    ngx_http_vts_entry_t   *e;
+
+    out = pg->out;
+    group = NULL;
+
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (!(groups && e->kind == NGX_HTTP_VTS_KIND_UPSTREAM)
+            && !(nogroups && e->kind == NGX_HTTP_VTS_KIND_NOGROUPS))
         {
+            continue;
+        }
+
+        if (group == NULL || !ngx_http_vts_str_eq(group, &e->group)) {
             if (group != NULL) {
                 ngx_http_vts_out_str(out, "],");
             }
@@ -846,152 +1187,190 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
             ngx_http_vts_out_str(out, ",");
         }
 
-        ngx_http_vts_out_str(out, "{\"server\":");
-        ngx_http_vts_out_json_str(out, &e->name);
-        ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
-                             "\"outBytes\":%uL,",
-                             e->c.requests, e->c.in_bytes, e->c.out_bytes);
-        ngx_http_vts_json_responses(out, e);
-        ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                             "\"requestMsec\":%uL,"
-                             "\"responseMsecCounter\":%uL,"
-                             "\"responseMsec\":%uL",
-                             e->c.request_msec,
-                             ngx_http_vts_avg_msec(e->c.request_msec,
-                                                   e->c.requests),
-                             e->c.response_msec,
-                             ngx_http_vts_avg_msec(e->c.response_msec,
-                                                   e->c.requests));
-
-        us = ngx_http_vts_find_server(pg->r, e);
-
-        if (us != NULL) {
-            ngx_http_vts_out_fmt(out, ",\"weight\":%ui,\"maxFails\":%ui,"
-                                 "\"failTimeout\":%T,\"backup\":%s,"
-                                 "\"down\":%s}",
-                                 us->weight, us->max_fails, us->fail_timeout,
-                                 us->backup ? "true" : "false",
-                                 us->down ? "true" : "false");
-
-        } else {
-            ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
-                                 "\"failTimeout\":0,\"backup\":false,"
-                                 "\"down\":false}");
-        }
+        ngx_http_vts_json_peer(pg, e);
     }
 
     if (group != NULL) {
         ngx_http_vts_out_str(out, "]");
     }
+}
 
+
+static void
+ngx_http_vts_json(ngx_http_vts_page_t *pg)
+{
+    ngx_http_vts_out_t  *out;
+
+    out = pg->out;
+
+    ngx_http_vts_out_str(out, "{");
+    ngx_http_vts_json_main(pg);
+
+    ngx_http_vts_out_str(out, ",\"serverZones\":{");
+    ngx_http_vts_json_server_zones(pg, NULL);
+    ngx_http_vts_out_str(out, "}");
+
+    if (ngx_http_vts_count_kind(pg->snap, NGX_HTTP_VTS_KIND_FILTER)) {
+        ngx_http_vts_out_str(out, ",\"filterZones\":{");
+        ngx_http_vts_json_filter_zones(pg, NULL, NULL);
+        ngx_http_vts_out_str(out, "}");
+    }
+
+    ngx_http_vts_out_str(out, ",\"upstreamZones\":{");
+    ngx_http_vts_json_upstream_zones(pg, 1, 1);
     ngx_http_vts_out_str(out, "}}\n");
 }
 
 
-/* HTML: a plain, script-free page */
+/*
+ * cmd=status of the control API: the whole document (group=*), the main
+ * fields (group=server&zone=::main), one section (zone=*) or one zone.
+ * An unknown zone gives {}.
+ */
 
 static void
-ngx_http_vts_html_row(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e,
-    ngx_uint_t upstream)
+ngx_http_vts_json_control_status(ngx_http_vts_page_t *pg, ngx_str_t *group,
+    ngx_str_t *zone)
 {
-    ngx_http_vts_out_str(out, "<tr><td>");
+    u_char                *at;
+    ngx_str_t              g, n;
+    ngx_uint_t             i, all;
+    ngx_http_vts_out_t    *out;
+    ngx_http_vts_entry_t  *e;
 
-    if (upstream) {
-        ngx_http_vts_out_html_esc(out, &e->group);
-        ngx_http_vts_out_str(out, "</td><td>");
+    out = pg->out;
+    all = (zone->len == 1 && zone->data[0] == '*');
+
+#define ngx_http_vts_is(s, lit)                                               \
+    ((s)->len == sizeof(lit) - 1 && ngx_strncmp((s)->data, lit, (s)->len) == 0)
+
+    if (ngx_http_vts_is(group, "*")) {
+        ngx_http_vts_json(pg);
+        return;
     }
 
-    ngx_http_vts_out_html_esc(out, &e->name);
-    ngx_http_vts_out_fmt(out, "</td><td>%uL</td><td>%uL</td><td>%uL</td>"
-                         "<td>%uL</td><td>%uL</td><td>%uL</td><td>%uL</td>"
-                         "<td>%uL</td><td>%uL</td>",
-                         e->c.requests, e->c.in_bytes, e->c.out_bytes,
-                         e->c.responses[0], e->c.responses[1],
-                         e->c.responses[2], e->c.responses[3],
-                         e->c.responses[4],
-                         ngx_http_vts_avg_msec(e->c.request_msec,
-                                               e->c.requests));
+    ngx_http_vts_out_str(out, "{");
 
-    if (upstream) {
-        ngx_http_vts_out_fmt(out, "<td>%uL</td>",
-                             ngx_http_vts_avg_msec(e->c.response_msec,
-                                                   e->c.requests));
+    if (ngx_http_vts_is(group, "server")) {
+
+        if (ngx_http_vts_is(zone, "::main")) {
+            ngx_http_vts_json_main(pg);
+
+        } else if (all) {
+            ngx_http_vts_out_str(out, "\"serverZones\":{");
+            ngx_http_vts_json_server_zones(pg, NULL);
+            ngx_http_vts_out_str(out, "}");
+
+        } else {
+            ngx_http_vts_json_server_zones(pg, zone);
+        }
+
+    } else if (ngx_http_vts_is(group, "filter")) {
+
+        if (all) {
+            ngx_http_vts_out_str(out, "\"filterZones\":{");
+            ngx_http_vts_json_filter_zones(pg, NULL, NULL);
+            ngx_http_vts_out_str(out, "}");
+
+        } else {
+            at = ngx_strlchr(zone->data, zone->data + zone->len, '@');
+
+            if (at != NULL) {
+                g.data = zone->data;
+                g.len = at - zone->data;
+                n.data = at + 1;
+                n.len = zone->data + zone->len - n.data;
+                ngx_http_vts_json_filter_zones(pg, &g, &n);
+            }
+        }
+
+    } else if (ngx_http_vts_is(group, "upstream@group")
+               || ngx_http_vts_is(group, "upstream@alone"))
+    {
+        if (all && group->data[9] == 'g') {
+            ngx_http_vts_out_str(out, "\"upstreamZones\":{");
+            ngx_http_vts_json_upstream_zones(pg, 1, 0);
+            ngx_http_vts_out_str(out, "}");
+
+        } else if (all) {
+            ngx_http_vts_json_upstream_zones(pg, 0, 1);
+
+        } else {
+            /* one peer: the peer object itself */
+
+            if (group->data[9] == 'g') {
+                at = ngx_strlchr(zone->data, zone->data + zone->len, '@');
+                if (at == NULL) {
+                    goto done;
+                }
+
+                g.data = zone->data;
+                g.len = at - zone->data;
+                n.data = at + 1;
+                n.len = zone->data + zone->len - n.data;
+
+            } else {
+                ngx_str_set(&g, NGX_HTTP_VTS_NOGROUPS_NAME);
+                n = *zone;
+
+                if (n.len && n.data[0] == '@') {
+                    n.data++;
+                    n.len--;
+                }
+            }
+
+            for (i = 0; i < pg->snap->nentries; i++) {
+                e = &pg->snap->entries[i];
+
+                if (ngx_http_vts_is_upstream(e)
+                    && ngx_http_vts_str_eq(&e->group, &g)
+                    && ngx_http_vts_str_eq(&e->name, &n))
+                {
+                    /* replace the opening brace by the peer's own */
+                    out->b->last--;
+                    out->size--;
+                    ngx_http_vts_json_peer(pg, e);
+                    ngx_http_vts_out_str(out, "\n");
+                    return;
+                }
+            }
+        }
+
+    } else if (ngx_http_vts_is(group, "cache") && all) {
+        ngx_http_vts_out_str(out, "\"cacheZones\":{}");
     }
 
-    ngx_http_vts_out_str(out, "</tr>\n");
+#undef ngx_http_vts_is
+
+done:
+
+    ngx_http_vts_out_str(out, "}\n");
 }
 
 
 static void
+ngx_http_vts_json_control_result(ngx_http_vts_out_t *out, ngx_uint_t ok,
+    ngx_str_t *cmd, ngx_str_t *group, ngx_str_t *zone, ngx_uint_t count)
+{
+    ngx_http_vts_out_fmt(out, "{\"processingReturn\":%s,"
+                         "\"processingCommandString\":",
+                         ok ? "true" : "false");
+    ngx_http_vts_out_json_str(out, cmd);
+    ngx_http_vts_out_str(out, ",\"processingGroupString\":");
+    ngx_http_vts_out_json_str(out, group);
+    ngx_http_vts_out_str(out, ",\"processingZoneString\":");
+    ngx_http_vts_out_json_str(out, zone);
+    ngx_http_vts_out_fmt(out, ",\"processingCounts\":%ui}\n", count);
+}
+
+
+/* HTML: the live dashboard; everything it shows comes from the JSON format */
+
+static void
 ngx_http_vts_html(ngx_http_vts_page_t *pg)
 {
-    ngx_uint_t                i;
-    ngx_http_vts_out_t       *out;
-    ngx_http_vts_snapshot_t  *snap;
-
-    out = pg->out;
-    snap = pg->snap;
-
-    ngx_http_vts_out_str(out,
-        "<!DOCTYPE html>\n<html><head><meta charset=\"utf-8\">"
-        "<title>nginx vhost traffic status</title>"
-        "<style>table{border-collapse:collapse}"
-        "td,th{border:1px solid #999;padding:2px 6px;text-align:right}"
-        "</style></head><body>\n<h1>nginx vhost traffic status</h1>\n<p>");
-
-    ngx_http_vts_out_html_esc(out, &pg->hostname);
-    ngx_http_vts_out_str(out, " &middot; nginx ");
-    ngx_http_vts_out_html_esc(out, &ngx_http_vts_nginx_version);
-    ngx_http_vts_out_str(out, " &middot; module ");
-    ngx_http_vts_out_html_esc(out, &ngx_http_vts_module_version);
-    ngx_http_vts_out_str(out, " &middot; also as .../format/json and "
-                         ".../format/prometheus</p>\n");
-
-    ngx_http_vts_out_fmt(out, "<h2>Connections</h2>\n<table><tr><th>active"
-                         "</th><th>reading</th><th>writing</th><th>waiting"
-                         "</th><th>accepted</th><th>handled</th><th>requests"
-                         "</th></tr>\n<tr><td>%uL</td><td>%uL</td><td>%uL"
-                         "</td><td>%uL</td><td>%uL</td><td>%uL</td><td>%uL"
-                         "</td></tr></table>\n",
-                         pg->conns.active, pg->conns.reading,
-                         pg->conns.writing, pg->conns.waiting,
-                         pg->conns.accepted, pg->conns.handled,
-                         pg->conns.requests);
-
-    ngx_http_vts_out_str(out, "<h2>Shared zone</h2>\n<table><tr><th>name"
-                         "</th><th>max size</th><th>used size</th>"
-                         "<th>used node</th></tr>\n<tr><td>");
-    ngx_http_vts_out_html_esc(out, &pg->vmcf->shm_zone->shm.name);
-    ngx_http_vts_out_fmt(out, "</td><td>%uz</td><td>%uz</td><td>%ui</td>"
-                         "</tr></table>\n",
-                         snap->max_size, snap->used_size, snap->used_node);
-
-    ngx_http_vts_out_str(out, "<h2>Server zones</h2>\n<table><tr>"
-                         "<th>zone</th><th>requests</th><th>in bytes</th>"
-                         "<th>out bytes</th><th>1xx</th><th>2xx</th>"
-                         "<th>3xx</th><th>4xx</th><th>5xx</th>"
-                         "<th>avg request ms</th></tr>\n");
-
-    for (i = 0; i < snap->nentries; i++) {
-        if (ngx_http_vts_is_server(&snap->entries[i])) {
-            ngx_http_vts_html_row(out, &snap->entries[i], 0);
-        }
-    }
-
-    ngx_http_vts_out_str(out, "</table>\n<h2>Upstream zones</h2>\n<table><tr>"
-                         "<th>upstream</th><th>server</th><th>requests</th>"
-                         "<th>in bytes</th><th>out bytes</th><th>1xx</th>"
-                         "<th>2xx</th><th>3xx</th><th>4xx</th><th>5xx</th>"
-                         "<th>avg request ms</th><th>avg response ms</th>"
-                         "</tr>\n");
-
-    for (i = 0; i < snap->nentries; i++) {
-        if (ngx_http_vts_is_upstream(&snap->entries[i])) {
-            ngx_http_vts_html_row(out, &snap->entries[i], 1);
-        }
-    }
-
-    ngx_http_vts_out_str(out, "</table>\n</body></html>\n");
+    ngx_http_vts_out_raw(pg->out, (u_char *) ngx_http_vts_dashboard,
+                         sizeof(ngx_http_vts_dashboard) - 1);
 }
 
 
@@ -1010,6 +1389,7 @@ ngx_http_vts_uri_format(ngx_http_request_t *r)
         { ngx_string("/format/json"), NGX_HTTP_VTS_FORMAT_JSON },
         { ngx_string("/format/prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
         { ngx_string("/format/html"), NGX_HTTP_VTS_FORMAT_HTML },
+        { ngx_string("/format/jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     };
 
     last = r->uri.data + r->uri.len;
@@ -1039,6 +1419,46 @@ ngx_http_vts_uri_format(ngx_http_request_t *r)
 }
 
 
+/* ".../control" as the URI's last segment */
+
+static ngx_uint_t
+ngx_http_vts_uri_is_control(ngx_http_request_t *r)
+{
+    static ngx_str_t  control = ngx_string("/control");
+
+    return r->uri.len >= control.len
+           && ngx_strncmp(r->uri.data + r->uri.len - control.len,
+                          control.data, control.len) == 0;
+}
+
+
+/* a query argument, percent-decoded; empty when absent */
+
+static void
+ngx_http_vts_arg(ngx_http_request_t *r, const char *name, ngx_str_t *out)
+{
+    u_char     *dst, *src;
+    ngx_str_t   v;
+
+    out->len = 0;
+    out->data = (u_char *) "";
+
+    if (ngx_http_arg(r, (u_char *) name, ngx_strlen(name), &v) != NGX_OK) {
+        return;
+    }
+
+    dst = ngx_pnalloc(r->pool, v.len + 1);
+    if (dst == NULL) {
+        return;
+    }
+
+    out->data = dst;
+    src = v.data;
+    ngx_unescape_uri(&dst, &src, v.len, 0);
+    out->len = dst - out->data;
+}
+
+
 ngx_int_t
 ngx_http_vts_display_handler(ngx_http_request_t *r)
 {
@@ -1049,6 +1469,8 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     ngx_http_vts_out_t         out;
     ngx_http_vts_page_t        pg;
     ngx_http_vts_snapshot_t    snap;
+    ngx_str_t                  cmd, group, zone;
+    ngx_uint_t                 control, count, i;
     ngx_http_vts_loc_conf_t   *vlcf;
     ngx_http_vts_main_conf_t  *vmcf;
 
@@ -1079,13 +1501,44 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         format = vlcf->format;
     }
 
+    ngx_memzero(&out, sizeof(ngx_http_vts_out_t));
+    out.pool = r->pool;
+    out.last = &out.first;
+
+    control = ngx_http_vts_uri_is_control(r);
+
+    if (control) {
+        ngx_http_vts_arg(r, "cmd", &cmd);
+        ngx_http_vts_arg(r, "group", &group);
+        ngx_http_vts_arg(r, "zone", &zone);
+
+        if (!(cmd.len == 6 && ngx_strncmp(cmd.data, "status", 6) == 0)) {
+            rc = ngx_http_vts_control(r, &cmd, &group, &zone, &count);
+
+            if (rc == NGX_ERROR) {
+                return NGX_HTTP_INTERNAL_SERVER_ERROR;
+            }
+
+            ngx_http_vts_json_control_result(&out, rc == NGX_OK, &cmd,
+                                             &group, &zone, count);
+            ngx_str_set(&r->headers_out.content_type, "application/json");
+            goto send;
+        }
+
+        format = NGX_HTTP_VTS_FORMAT_JSON;
+    }
+
     if (ngx_http_vts_snapshot(r, &snap) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    ngx_memzero(&out, sizeof(ngx_http_vts_out_t));
-    out.pool = r->pool;
-    out.last = &out.first;
+    /* vhost_traffic_status_display_sum_key names the sum zone */
+
+    for (i = 0; i < snap.nentries; i++) {
+        if (snap.entries[i].kind == NGX_HTTP_VTS_KIND_SUM) {
+            snap.entries[i].name = vlcf->sum_key;
+        }
+    }
 
     tp = ngx_timeofday();
 
@@ -1110,11 +1563,30 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
         ngx_str_set(&r->headers_out.content_type, "text/html");
         break;
 
-    default: /* NGX_HTTP_VTS_FORMAT_JSON */
+    case NGX_HTTP_VTS_FORMAT_JSONP:
+        ngx_http_vts_out_raw(&out, vlcf->jsonp.data, vlcf->jsonp.len);
+        ngx_http_vts_out_str(&out, "(");
         ngx_http_vts_json(&pg);
+        /* the document ends with a newline: close the call before it */
+        out.b->last--;
+        out.size--;
+        ngx_http_vts_out_str(&out, ")\n");
+        ngx_str_set(&r->headers_out.content_type, "application/javascript");
+        break;
+
+    default: /* NGX_HTTP_VTS_FORMAT_JSON */
+        if (control) {
+            ngx_http_vts_json_control_status(&pg, &group, &zone);
+
+        } else {
+            ngx_http_vts_json(&pg);
+        }
+
         ngx_str_set(&r->headers_out.content_type, "application/json");
         break;
     }
+
+send:
 
     if (out.error || out.first == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;

@@ -11,15 +11,21 @@
 static ngx_int_t ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data);
 static void ngx_http_vts_rbtree_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel);
-static ngx_http_vts_node_t *ngx_http_vts_node_get_locked(
-    ngx_http_vts_ctx_t *ctx, ngx_uint_t kind, u_char *key, size_t len,
-    size_t glen);
 static ngx_int_t ngx_http_vts_log_handler(ngx_http_request_t *r);
 
 static char *ngx_http_vts_zone(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_vts_display(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+static char *ngx_http_vts_filter_by_set_key(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_filter_max_node(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_histogram_buckets(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_average_method(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_vts_preconfiguration(ngx_conf_t *cf);
 
 static void *ngx_http_vts_create_main_conf(ngx_conf_t *cf);
 static void *ngx_http_vts_create_loc_conf(ngx_conf_t *cf);
@@ -32,6 +38,7 @@ static ngx_conf_enum_t  ngx_http_vts_display_formats[] = {
     { ngx_string("json"), NGX_HTTP_VTS_FORMAT_JSON },
     { ngx_string("prometheus"), NGX_HTTP_VTS_FORMAT_PROMETHEUS },
     { ngx_string("html"), NGX_HTTP_VTS_FORMAT_HTML },
+    { ngx_string("jsonp"), NGX_HTTP_VTS_FORMAT_JSONP },
     { ngx_null_string, 0 }
 };
 
@@ -59,6 +66,134 @@ static ngx_command_t  ngx_http_vts_commands[] = {
       offsetof(ngx_http_vts_loc_conf_t, filter_by_host),
       NULL },
 
+    { ngx_string("vhost_traffic_status_filter"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, filter),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_filter_by_set_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_CONF_TAKE12,
+      ngx_http_vts_filter_by_set_key,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_filter_check_duplicate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, filter_check_duplicate),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_filter_max_node"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_filter_max_node,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, limit),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_traffic"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_limit_traffic,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_traffic_by_set_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE23,
+      ngx_http_vts_limit_traffic,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_limit_check_duplicate"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, limit_check_duplicate),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_bypass_limit"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, bypass_limit),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_bypass_stats"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, bypass_stats),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_histogram_buckets"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_histogram_buckets,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_set_by_filter"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF
+      |NGX_HTTP_LIF_CONF|NGX_CONF_TAKE2,
+      ngx_http_vts_set_by_filter,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display_sum_key"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, sum_key),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_display_jsonp"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_conf_set_str_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, jsonp),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_dump"),
+      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_dump,
+      NGX_HTTP_MAIN_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_stats_by_upstream"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_FLAG,
+      ngx_conf_set_flag_slot,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      offsetof(ngx_http_vts_loc_conf_t, stats_by_upstream),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_average_method"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE12,
+      ngx_http_vts_average_method,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
+    { ngx_string("vhost_traffic_status_average_period"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_TAKE1,
+      ngx_http_vts_average_method,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
+      NULL },
+
     { ngx_string("vhost_traffic_status_display"),
       NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_NOARGS,
       ngx_http_vts_display,
@@ -78,7 +213,7 @@ static ngx_command_t  ngx_http_vts_commands[] = {
 
 
 static ngx_http_module_t  ngx_http_vts_module_ctx = {
-    NULL,                                  /* preconfiguration */
+    ngx_http_vts_preconfiguration,         /* preconfiguration */
     ngx_http_vts_init,                     /* postconfiguration */
 
     ngx_http_vts_create_main_conf,         /* create main configuration */
@@ -99,13 +234,22 @@ ngx_module_t  ngx_http_vhost_traffic_status_module = {
     NGX_HTTP_MODULE,                       /* module type */
     NULL,                                  /* init master */
     NULL,                                  /* init module */
-    NULL,                                  /* init process */
+    ngx_http_vts_dump_init_process,        /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_vts_dump_exit_process,        /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
+
+
+/* a filter key of one request, evaluated */
+typedef struct {
+    u_char                     *key;
+    size_t                      len;
+    size_t                      glen;
+    ngx_uint_t                  kind;
+} ngx_http_vts_fkey_t;
 
 
 /* per worker: the "zone is full" error is logged once per process */
@@ -189,16 +333,12 @@ ngx_http_vts_rbtree_insert_value(ngx_rbtree_node_t *temp,
 }
 
 
-/*
- * Finds or creates the entry for a key; the slab mutex must be held.
- * Returns NULL when the zone has no room for a new key.
- */
+/* Finds the entry for a key; the slab mutex must be held. */
 
-static ngx_http_vts_node_t *
-ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
+ngx_http_vts_node_t *
+ngx_http_vts_node_find_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
     u_char *key, size_t len, size_t glen)
 {
-    size_t                n;
     uint32_t              hash;
     ngx_int_t             rc;
     ngx_rbtree_node_t    *node, *sentinel;
@@ -232,6 +372,37 @@ ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
         node = (rc > 0) ? node->left : node->right;
     }
 
+    return NULL;
+}
+
+
+void
+ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_http_vts_node_t *vn)
+{
+    ngx_rbtree_delete(&ctx->sh->rbtree, &vn->node);
+    ngx_slab_free_locked(ctx->shpool, vn);
+    ctx->sh->nodes--;
+}
+
+
+/*
+ * Finds or creates the entry for a key; the slab mutex must be held.
+ * Returns NULL when the zone has no room for a new key.
+ */
+
+ngx_http_vts_node_t *
+ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
+    u_char *key, size_t len, size_t glen)
+{
+    size_t                n;
+    ngx_http_vts_node_t  *vn;
+
+    vn = ngx_http_vts_node_find_locked(ctx, kind, key, len, glen);
+    if (vn != NULL) {
+        return vn;
+    }
+
     n = offsetof(ngx_http_vts_node_t, data) + len;
 
     vn = ngx_slab_alloc_locked(ctx->shpool, n);
@@ -241,7 +412,7 @@ ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
 
     ngx_memzero(vn, offsetof(ngx_http_vts_node_t, data));
 
-    vn->node.key = hash;
+    vn->node.key = ngx_http_vts_hash(kind, key, len);
     vn->kind = kind;
     vn->len = len;
     vn->glen = glen;
@@ -254,11 +425,122 @@ ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
 }
 
 
+/* does a filter group fall under vhost_traffic_status_filter_max_node? */
+
+static ngx_uint_t
+ngx_http_vts_max_node_applies(ngx_http_vts_main_conf_t *vmcf, u_char *group,
+    size_t glen)
+{
+    ngx_str_t   *m;
+    ngx_uint_t   i;
+
+    if (vmcf->filter_max_node == 0) {
+        return 0;
+    }
+
+    if (vmcf->filter_max_match == NULL) {
+        return 1;
+    }
+
+    m = vmcf->filter_max_match->elts;
+
+    for (i = 0; i < vmcf->filter_max_match->nelts; i++) {
+        if (glen >= m[i].len && ngx_strncmp(group, m[i].data, m[i].len) == 0) {
+            return 1;
+        }
+    }
+
+    return 0;
+}
+
+
+/*
+ * Before a new filter node of a limited group is created: while the
+ * limited filter nodes are at the limit, the least recently updated one
+ * goes.
+ */
+
 static void
-ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_uint_t status,
-    ngx_msec_t request_msec, ngx_msec_t response_msec, off_t in, off_t out)
+ngx_http_vts_filter_evict_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_http_vts_main_conf_t *vmcf)
+{
+    ngx_uint_t            n;
+    ngx_rbtree_t         *tree;
+    ngx_rbtree_node_t    *node;
+    ngx_http_vts_node_t  *vn, *oldest;
+
+    tree = &ctx->sh->rbtree;
+
+    for ( ;; ) {
+        n = 0;
+        oldest = NULL;
+
+        if (tree->root == tree->sentinel) {
+            return;
+        }
+
+        for (node = ngx_rbtree_min(tree->root, tree->sentinel);
+             node != NULL;
+             node = ngx_rbtree_next(tree, node))
+        {
+            vn = (ngx_http_vts_node_t *) node;
+
+            if (vn->kind != NGX_HTTP_VTS_KIND_FILTER
+                || !ngx_http_vts_max_node_applies(vmcf, vn->data, vn->glen))
+            {
+                continue;
+            }
+
+            n++;
+
+            if (oldest == NULL
+                || vn->counters.last_msec < oldest->counters.last_msec)
+            {
+                oldest = vn;
+            }
+        }
+
+        if (n < vmcf->filter_max_node || oldest == NULL) {
+            return;
+        }
+
+        ngx_http_vts_node_delete_locked(ctx, oldest);
+    }
+}
+
+
+static void
+ngx_http_vts_bucket(ngx_http_vts_counters_t *c, uint64_t *counts,
+    ngx_msec_t msec)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < c->nbuckets; i++) {
+        if (msec <= c->bucket_msec[i]) {
+            counts[i]++;
+            return;
+        }
+    }
+}
+
+
+static void
+ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_http_vts_buckets_t *b,
+    ngx_uint_t status, ngx_msec_t request_msec, ngx_msec_t response_msec,
+    off_t in, off_t out)
 {
     c->requests++;
+    c->last_msec = ngx_current_msec;
+
+    if (c->nbuckets == 0 && b != NULL && b->n) {
+        c->nbuckets = b->n;
+        ngx_memcpy(c->bucket_msec, b->msec, b->n * sizeof(uint32_t));
+    }
+
+    if (c->nbuckets) {
+        ngx_http_vts_bucket(c, c->request_buckets, request_msec);
+        ngx_http_vts_bucket(c, c->response_buckets, response_msec);
+    }
 
     if (status >= 100 && status < 600) {
         c->responses[status / 100 - 1]++;
@@ -277,6 +559,101 @@ ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_uint_t status,
 }
 
 
+/*
+ * The server zone key of a request: the first server_name, or the Host
+ * with vhost_traffic_status_filter_by_host on.
+ */
+
+ngx_int_t
+ngx_http_vts_server_key(ngx_http_request_t *r, ngx_str_t *host)
+{
+    ngx_http_vts_loc_conf_t   *vlcf;
+    ngx_http_core_srv_conf_t  *cscf;
+
+    vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
+
+    host->len = 0;
+    host->data = NULL;
+
+    if (vlcf->filter_by_host && r->headers_in.server.len) {
+        *host = r->headers_in.server;
+    }
+
+    if (host->len == 0) {
+        cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+
+        if (cscf != NULL) {
+            *host = cscf->server_name;
+        }
+    }
+
+    if (host->len == 0) {
+        ngx_str_set(host, NGX_HTTP_VTS_EMPTY_SERVER_NAME);
+    }
+
+    if (host->len > NGX_HTTP_VTS_MAX_KEY_LEN) {
+        host->len = NGX_HTTP_VTS_MAX_KEY_LEN;
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * Evaluates one filter_by_set_key.  With a name, the node is the key in
+ * the filter group "name"; without one, the key is a server zone.  An
+ * empty key is not counted.
+ */
+
+static ngx_int_t
+ngx_http_vts_filter_eval(ngx_http_request_t *r, ngx_http_vts_filter_key_t *f,
+    ngx_http_vts_fkey_t *out)
+{
+    ngx_str_t  key, name;
+
+    if (ngx_http_complex_value(r, &f->key, &key) != NGX_OK) {
+        return NGX_ERROR;
+    }
+
+    if (key.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    name.len = 0;
+
+    if (f->has_name) {
+        if (ngx_http_complex_value(r, &f->name, &name) != NGX_OK) {
+            return NGX_ERROR;
+        }
+    }
+
+    key.len = ngx_min(key.len, NGX_HTTP_VTS_MAX_KEY_LEN);
+    name.len = ngx_min(name.len, NGX_HTTP_VTS_MAX_KEY_LEN);
+
+    out->key = ngx_pnalloc(r->pool, name.len + key.len);
+    if (out->key == NULL) {
+        return NGX_ERROR;
+    }
+
+    if (name.len) {
+        ngx_memcpy(out->key, name.data, name.len);
+    }
+
+    ngx_memcpy(out->key + name.len, key.data, key.len);
+
+    out->len = name.len + key.len;
+    out->glen = name.len;
+    out->kind = f->has_name ? NGX_HTTP_VTS_KIND_FILTER
+                            : NGX_HTTP_VTS_KIND_SERVER;
+
+    if (out->kind == NGX_HTTP_VTS_KIND_FILTER && name.len == 0) {
+        return NGX_DECLINED;
+    }
+
+    return NGX_OK;
+}
+
+
 static ngx_int_t
 ngx_http_vts_log_handler(ngx_http_request_t *r)
 {
@@ -290,12 +667,14 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     ngx_msec_int_t                 ms;
     ngx_http_upstream_t           *u;
     ngx_http_vts_ctx_t            *ctx;
+    ngx_uint_t                     nfk;
+    ngx_http_vts_fkey_t           *fk;
     ngx_http_vts_node_t           *vn;
     ngx_http_vts_loc_conf_t       *vlcf;
     ngx_http_vts_main_conf_t      *vmcf;
-    ngx_http_core_srv_conf_t      *cscf;
     ngx_http_core_loc_conf_t      *clcf;
     ngx_http_upstream_state_t     *state;
+    ngx_http_vts_filter_key_t     *fdef;
 
     vmcf = ngx_http_get_module_main_conf(r,
                                          ngx_http_vhost_traffic_status_module);
@@ -306,7 +685,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
 
-    if (!vlcf->enable) {
+    if (!vlcf->enable || vlcf->bypass_stats) {
         return NGX_OK;
     }
 
@@ -341,29 +720,27 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     in = r->request_length;
     out = r->connection->sent;
 
-    /* server zone key */
+    ngx_http_vts_server_key(r, &host);
 
-    host.len = 0;
-    host.data = NULL;
+    /* filter keys, evaluated before the lock is taken */
 
-    if (vlcf->filter_by_host && r->headers_in.server.len) {
-        host = r->headers_in.server;
-    }
+    nfk = 0;
+    fk = NULL;
 
-    if (host.len == 0) {
-        cscf = ngx_http_get_module_srv_conf(r, ngx_http_core_module);
+    if (vlcf->filter && vlcf->filters != NULL && vlcf->filters->nelts) {
+        fdef = vlcf->filters->elts;
 
-        if (cscf != NULL) {
-            host = cscf->server_name;
+        fk = ngx_pnalloc(r->pool,
+                         vlcf->filters->nelts * sizeof(ngx_http_vts_fkey_t));
+        if (fk == NULL) {
+            return NGX_OK;
         }
-    }
 
-    if (host.len == 0) {
-        ngx_str_set(&host, NGX_HTTP_VTS_EMPTY_SERVER_NAME);
-    }
-
-    if (host.len > NGX_HTTP_VTS_MAX_KEY_LEN) {
-        host.len = NGX_HTTP_VTS_MAX_KEY_LEN;
+        for (i = 0; i < vlcf->filters->nelts; i++) {
+            if (ngx_http_vts_filter_eval(r, &fdef[i], &fk[nfk]) == NGX_OK) {
+                nfk++;
+            }
+        }
     }
 
     /* upstream group of the last upstream used by this request */
@@ -384,7 +761,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     key = NULL;
 
-    if (r->upstream_states != NULL && r->upstream_states->nelts > 0) {
+    if (vlcf->stats_by_upstream
+        && r->upstream_states != NULL && r->upstream_states->nelts > 0)
+    {
         key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
         if (key == NULL) {
             return NGX_OK;
@@ -398,7 +777,8 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
                                       host.data, host.len, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
 
     } else {
         full = 1;
@@ -408,10 +788,33 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                       (u_char *) NGX_HTTP_VTS_SUM_KEY,
                                       sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, status, req_ms, 0, in, out);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
 
     } else {
         full = 1;
+    }
+
+    for (i = 0; i < nfk; i++) {
+
+        if (fk[i].kind == NGX_HTTP_VTS_KIND_FILTER
+            && ngx_http_vts_max_node_applies(vmcf, fk[i].key, fk[i].glen)
+            && ngx_http_vts_node_find_locked(ctx, fk[i].kind, fk[i].key,
+                                             fk[i].len, fk[i].glen)
+               == NULL)
+        {
+            ngx_http_vts_filter_evict_locked(ctx, vmcf);
+        }
+
+        vn = ngx_http_vts_node_get_locked(ctx, fk[i].kind, fk[i].key,
+                                          fk[i].len, fk[i].glen);
+        if (vn != NULL) {
+            ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
+                           in, out);
+
+        } else {
+            full = 1;
+        }
     }
 
     if (key != NULL) {
@@ -466,12 +869,14 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                     st = status;
                 }
 
-                ngx_http_vts_count(&vn->counters, st, req_ms, resp_ms,
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, req_ms,
+                                   resp_ms,
                                    in, out);
 
             } else {
                 /* an earlier, failed attempt */
-                ngx_http_vts_count(&vn->counters, st, 0, resp_ms, 0, 0);
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, 0,
+                                   resp_ms, 0, 0);
             }
         }
     }
@@ -532,6 +937,86 @@ ngx_http_vts_entry_cmp(const void *one, const void *two)
 
 
 /*
+ * Every peer of every upstream {} block is listed, also before its first
+ * request (and when it is down): counts them (snap == NULL), or adds a
+ * zero entry for each one the zone has no node for yet.
+ */
+
+static ngx_uint_t
+ngx_http_vts_configured_peers(ngx_http_request_t *r,
+    ngx_http_vts_snapshot_t *snap, ngx_uint_t max)
+{
+    ngx_uint_t                       i, j, k, m, n, have;
+    ngx_http_vts_entry_t            *e;
+    ngx_http_upstream_server_t      *us;
+    ngx_http_upstream_srv_conf_t   **uscfp, *uscf;
+    ngx_http_upstream_main_conf_t   *umcf;
+
+    umcf = ngx_http_get_module_main_conf(r, ngx_http_upstream_module);
+    if (umcf == NULL) {
+        return 0;
+    }
+
+    n = 0;
+    have = (snap != NULL) ? snap->nentries : 0;
+    uscfp = umcf->upstreams.elts;
+
+    for (i = 0; i < umcf->upstreams.nelts; i++) {
+        uscf = uscfp[i];
+
+        if (!(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
+            || uscf->servers == NULL
+            || uscf->host.len == 0
+            || uscf->host.len > NGX_HTTP_VTS_MAX_KEY_LEN)
+        {
+            continue;
+        }
+
+        us = uscf->servers->elts;
+
+        for (j = 0; j < uscf->servers->nelts; j++) {
+            for (k = 0; k < us[j].naddrs; k++) {
+
+                if (snap == NULL) {
+                    n++;
+                    continue;
+                }
+
+                for (m = 0; m < have; m++) {
+                    e = &snap->entries[m];
+
+                    if (e->kind == NGX_HTTP_VTS_KIND_UPSTREAM
+                        && e->group.len == uscf->host.len
+                        && e->name.len == us[j].addrs[k].name.len
+                        && ngx_strncmp(e->group.data, uscf->host.data,
+                                       e->group.len) == 0
+                        && ngx_strncmp(e->name.data,
+                                       us[j].addrs[k].name.data,
+                                       e->name.len) == 0)
+                    {
+                        break;
+                    }
+                }
+
+                if (m < have || snap->nentries >= max) {
+                    continue;
+                }
+
+                e = &snap->entries[snap->nentries++];
+                ngx_memzero(e, sizeof(ngx_http_vts_entry_t));
+                e->kind = NGX_HTTP_VTS_KIND_UPSTREAM;
+                e->group = uscf->host;
+                e->name = us[j].addrs[k].name;
+                n++;
+            }
+        }
+    }
+
+    return n;
+}
+
+
+/*
  * Copies all entries out of the shared zone (under the lock) into the
  * request pool and sorts them by kind, group and name.
  */
@@ -540,7 +1025,7 @@ ngx_int_t
 ngx_http_vts_snapshot(ngx_http_request_t *r, ngx_http_vts_snapshot_t *snap)
 {
     u_char                    *p;
-    ngx_uint_t                 n;
+    ngx_uint_t                 n, npeers;
     ngx_rbtree_t              *tree;
     ngx_rbtree_node_t         *node;
     ngx_http_vts_ctx_t        *ctx;
@@ -553,16 +1038,19 @@ ngx_http_vts_snapshot(ngx_http_request_t *r, ngx_http_vts_snapshot_t *snap)
 
     ngx_memzero(snap, sizeof(ngx_http_vts_snapshot_t));
 
+    npeers = ngx_http_vts_configured_peers(r, NULL, 0);
+
     ctx = vmcf->shm_zone->data;
 
     snap->max_size = vmcf->shm_zone->shm.size;
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    snap->used_size = snap->max_size - ctx->shpool->pfree * ngx_pagesize;
+    snap->free_size = ctx->shpool->pfree * ngx_pagesize;
+    snap->used_size = snap->max_size - snap->free_size;
     snap->used_node = ctx->sh->nodes;
 
-    n = ctx->sh->nodes;
+    n = ctx->sh->nodes + npeers;
 
     snap->entries = ngx_palloc(r->pool,
                                (n ? n : 1) * sizeof(ngx_http_vts_entry_t));
@@ -601,6 +1089,8 @@ ngx_http_vts_snapshot(ngx_http_request_t *r, ngx_http_vts_snapshot_t *snap)
     }
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    (void) ngx_http_vts_configured_peers(r, snap, n);
 
     if (snap->nentries > 1) {
         ngx_qsort(snap->entries, snap->nentries, sizeof(ngx_http_vts_entry_t),
@@ -668,6 +1158,10 @@ ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data)
                                         sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
 
     ngx_shmtx_unlock(&ctx->shpool->mutex);
+
+    if (ctx->dump_file.len) {
+        ngx_http_vts_dump_restore(ctx, &ctx->dump_file, shm_zone->shm.log);
+    }
 
     return NGX_OK;
 }
@@ -779,6 +1273,306 @@ ngx_http_vts_display(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+static char *
+ngx_http_vts_filter_by_set_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_vts_loc_conf_t *vlcf = conf;
+
+    ngx_str_t                         *value;
+    ngx_array_t                      **keys;
+    ngx_http_vts_filter_key_t         *f;
+    ngx_http_vts_main_conf_t          *vmcf;
+    ngx_http_compile_complex_value_t   ccv;
+
+    value = cf->args->elts;
+
+    if (value[1].len == 0) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "empty key in \"%V\"; give a variable such as "
+                           "$uri or a fixed string", &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    /* at http level the keys apply to every server and location */
+
+    if (cf->cmd_type == NGX_HTTP_MAIN_CONF) {
+        vmcf = ngx_http_conf_get_module_main_conf(cf,
+                                         ngx_http_vhost_traffic_status_module);
+        keys = &vmcf->filter_keys;
+
+    } else {
+        keys = &vlcf->filter_keys;
+    }
+
+    if (*keys == NULL || *keys == NGX_CONF_UNSET_PTR) {
+        *keys = ngx_array_create(cf->pool, 2,
+                                 sizeof(ngx_http_vts_filter_key_t));
+        if (*keys == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    f = ngx_array_push(*keys);
+    if (f == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memzero(f, sizeof(ngx_http_vts_filter_key_t));
+
+    ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+    ccv.cf = cf;
+    ccv.value = &value[1];
+    ccv.complex_value = &f->key;
+
+    if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (cf->args->nelts == 3) {
+        f->has_name = 1;
+
+        ngx_memzero(&ccv, sizeof(ngx_http_compile_complex_value_t));
+        ccv.cf = cf;
+        ccv.value = &value[2];
+        ccv.complex_value = &f->name;
+
+        if (ngx_http_compile_complex_value(&ccv) != NGX_OK) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+static char *
+ngx_http_vts_filter_max_node(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_vts_main_conf_t *vmcf = conf;
+
+    ngx_int_t    n;
+    ngx_str_t   *value, *m;
+    ngx_uint_t   i;
+
+    if (vmcf->filter_max_node != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    n = ngx_atoi(value[1].data, value[1].len);
+
+    if (n == NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid number \"%V\" in \"%V\"; give the "
+                           "maximum number of filter nodes (0: no limit)",
+                           &value[1], &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    vmcf->filter_max_node = (ngx_uint_t) n;
+
+    for (i = 2; i < cf->args->nelts; i++) {
+
+        if (vmcf->filter_max_match == NULL) {
+            vmcf->filter_max_match = ngx_array_create(cf->pool, 2,
+                                                      sizeof(ngx_str_t));
+            if (vmcf->filter_max_match == NULL) {
+                return NGX_CONF_ERROR;
+            }
+        }
+
+        m = ngx_array_push(vmcf->filter_max_match);
+        if (m == NULL) {
+            return NGX_CONF_ERROR;
+        }
+
+        *m = value[i];
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* same source text of key and name */
+
+static ngx_uint_t
+ngx_http_vts_filter_same(ngx_http_vts_filter_key_t *a,
+    ngx_http_vts_filter_key_t *b)
+{
+    if (a->has_name != b->has_name
+        || a->key.value.len != b->key.value.len
+        || ngx_strncmp(a->key.value.data, b->key.value.data,
+                       a->key.value.len) != 0)
+    {
+        return 0;
+    }
+
+    if (a->has_name
+        && (a->name.value.len != b->name.value.len
+            || ngx_strncmp(a->name.value.data, b->name.value.data,
+                           a->name.value.len) != 0))
+    {
+        return 0;
+    }
+
+    return 1;
+}
+
+
+static ngx_int_t
+ngx_http_vts_filters_add(ngx_array_t *to, ngx_array_t *from,
+    ngx_flag_t unique)
+{
+    ngx_uint_t                  i, j;
+    ngx_http_vts_filter_key_t  *f, *t, *p;
+
+    if (from == NULL || from == NGX_CONF_UNSET_PTR) {
+        return NGX_OK;
+    }
+
+    f = from->elts;
+
+    for (i = 0; i < from->nelts; i++) {
+
+        if (unique) {
+            t = to->elts;
+
+            for (j = 0; j < to->nelts; j++) {
+                if (ngx_http_vts_filter_same(&t[j], &f[i])) {
+                    break;
+                }
+            }
+
+            if (j < to->nelts) {
+                continue;
+            }
+        }
+
+        p = ngx_array_push(to);
+        if (p == NULL) {
+            return NGX_ERROR;
+        }
+
+        *p = f[i];
+    }
+
+    return NGX_OK;
+}
+
+
+/*
+ * vhost_traffic_status_average_method AMM|WMA [period] and
+ * vhost_traffic_status_average_period period are checked and accepted so
+ * that configurations written for nginx-module-vts start; the averages
+ * stay means over all requests (a notice says so once).
+ */
+
+static char *
+ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_str_t         *value, *period;
+    static ngx_uint_t  noticed;
+
+    value = cf->args->elts;
+    period = &value[1];
+
+    if (ngx_strcmp(cmd->name.data, "vhost_traffic_status_average_method")
+        == 0)
+    {
+
+        if (!(value[1].len == 3
+              && (ngx_strncasecmp(value[1].data, (u_char *) "AMM", 3) == 0
+                  || ngx_strncasecmp(value[1].data, (u_char *) "WMA", 3)
+                     == 0)))
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid method \"%V\" in \"%V\"; give AMM "
+                               "or WMA", &value[1], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        period = (cf->args->nelts == 3) ? &value[2] : NULL;
+    }
+
+    if (period != NULL && ngx_parse_time(period, 1) == (time_t) NGX_ERROR) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "invalid period \"%V\" in \"%V\"; give a time "
+                           "such as 60s", period, &cmd->name);
+        return NGX_CONF_ERROR;
+    }
+
+    if (!noticed) {
+        noticed = 1;
+        ngx_conf_log_error(NGX_LOG_NOTICE, cf, 0,
+                           "\"%V\" is accepted, but averages are means "
+                           "over all requests since the zone was created",
+                           &cmd->name);
+    }
+
+    return NGX_CONF_OK;
+}
+
+
+/* vhost_traffic_status_histogram_buckets 0.005 0.01 0.05 ... (seconds) */
+
+static char *
+ngx_http_vts_histogram_buckets(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf)
+{
+    ngx_http_vts_loc_conf_t *vlcf = conf;
+
+    ngx_int_t                ms;
+    ngx_str_t               *value;
+    ngx_uint_t               i;
+    ngx_http_vts_buckets_t  *b;
+
+    if (vlcf->buckets != NGX_CONF_UNSET_PTR) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+
+    if (cf->args->nelts - 1 > NGX_HTTP_VTS_MAX_BUCKETS) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"%V\" takes at most %d buckets",
+                           &cmd->name, NGX_HTTP_VTS_MAX_BUCKETS);
+        return NGX_CONF_ERROR;
+    }
+
+    b = ngx_pcalloc(cf->pool, sizeof(ngx_http_vts_buckets_t));
+    if (b == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        ms = ngx_atofp(value[i].data, value[i].len, 3);
+
+        if (ms == NGX_ERROR || ms > 0x7fffffff) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid bucket \"%V\" in \"%V\"; give "
+                               "seconds with up to 3 decimals, such as 0.005",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        if (b->n && (uint32_t) ms <= b->msec[b->n - 1]) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "bucket \"%V\" in \"%V\" is not greater "
+                               "than the one before it; give the buckets in "
+                               "increasing order", &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        b->msec[b->n++] = (uint32_t) ms;
+    }
+
+    vlcf->buckets = b;
+
+    return NGX_CONF_OK;
+}
+
+
 static void *
 ngx_http_vts_create_main_conf(ngx_conf_t *cf)
 {
@@ -797,6 +1591,7 @@ ngx_http_vts_create_main_conf(ngx_conf_t *cf)
      */
 
     vmcf->shm_size = NGX_CONF_UNSET;
+    vmcf->filter_max_node = NGX_CONF_UNSET_UINT;
 
     return vmcf;
 }
@@ -814,7 +1609,18 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
 
     vlcf->enable = NGX_CONF_UNSET;
     vlcf->filter_by_host = NGX_CONF_UNSET;
+    vlcf->filter = NGX_CONF_UNSET;
+    vlcf->filter_check_duplicate = NGX_CONF_UNSET;
     vlcf->format = NGX_CONF_UNSET_UINT;
+    vlcf->filter_keys = NGX_CONF_UNSET_PTR;
+    vlcf->limit = NGX_CONF_UNSET;
+    vlcf->limit_check_duplicate = NGX_CONF_UNSET;
+    vlcf->bypass_limit = NGX_CONF_UNSET;
+    vlcf->bypass_stats = NGX_CONF_UNSET;
+    vlcf->limits = NGX_CONF_UNSET_PTR;
+    vlcf->buckets = NGX_CONF_UNSET_PTR;
+    vlcf->sets = NGX_CONF_UNSET_PTR;
+    vlcf->stats_by_upstream = NGX_CONF_UNSET;
 
     return vlcf;
 }
@@ -826,12 +1632,72 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_vts_loc_conf_t *prev = parent;
     ngx_http_vts_loc_conf_t *conf = child;
 
+    ngx_http_vts_main_conf_t  *vmcf;
+
     ngx_conf_merge_value(conf->enable, prev->enable, 1);
     ngx_conf_merge_value(conf->filter_by_host, prev->filter_by_host, 0);
     ngx_conf_merge_uint_value(conf->format, prev->format,
                               NGX_HTTP_VTS_FORMAT_JSON);
+    ngx_conf_merge_value(conf->filter, prev->filter, 1);
+    ngx_conf_merge_value(conf->filter_check_duplicate,
+                         prev->filter_check_duplicate, 1);
+    ngx_conf_merge_ptr_value(conf->filter_keys, prev->filter_keys, NULL);
+    ngx_conf_merge_value(conf->limit, prev->limit, 1);
+    ngx_conf_merge_value(conf->limit_check_duplicate,
+                         prev->limit_check_duplicate, 1);
+    ngx_conf_merge_value(conf->bypass_limit, prev->bypass_limit, 0);
+    ngx_conf_merge_value(conf->bypass_stats, prev->bypass_stats, 0);
+    ngx_conf_merge_ptr_value(conf->buckets, prev->buckets, NULL);
+    ngx_conf_merge_ptr_value(conf->sets, prev->sets, NULL);
+    ngx_conf_merge_value(conf->stats_by_upstream, prev->stats_by_upstream, 1);
+    ngx_conf_merge_str_value(conf->sum_key, prev->sum_key,
+                             NGX_HTTP_VTS_SUM_KEY);
+    ngx_conf_merge_str_value(conf->jsonp, prev->jsonp,
+                             NGX_HTTP_VTS_DEFAULT_JSONP);
+
+    if (conf->limits == NGX_CONF_UNSET_PTR) {
+        /* inherited: already made unique at its own level */
+        conf->limits = (prev->limits == NGX_CONF_UNSET_PTR) ? NULL
+                                                            : prev->limits;
+
+    } else if (conf->limit_check_duplicate) {
+        conf->limits = ngx_http_vts_limits_unique(cf, conf->limits);
+        if (conf->limits == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    /*
+     * the keys applied to a request: those of the http level, then those
+     * of the server or location (a location without its own keys has the
+     * server's); with check_duplicate, the same key and name once
+     */
+
+    vmcf = ngx_http_conf_get_module_main_conf(cf,
+                                         ngx_http_vhost_traffic_status_module);
+
+    conf->filters = ngx_array_create(cf->pool, 2,
+                                     sizeof(ngx_http_vts_filter_key_t));
+    if (conf->filters == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    if (ngx_http_vts_filters_add(conf->filters, vmcf->filter_keys,
+                                 conf->filter_check_duplicate) != NGX_OK
+        || ngx_http_vts_filters_add(conf->filters, conf->filter_keys,
+                                    conf->filter_check_duplicate) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
 
     return NGX_CONF_OK;
+}
+
+
+static ngx_int_t
+ngx_http_vts_preconfiguration(ngx_conf_t *cf)
+{
+    return ngx_http_vts_add_variables(cf);
 }
 
 
@@ -849,9 +1715,16 @@ ngx_http_vts_init(ngx_conf_t *cf)
     tp = ngx_timeofday();
     vmcf->start_msec = (uint64_t) tp->sec * 1000 + tp->msec;
 
+    if (vmcf->filter_max_node == NGX_CONF_UNSET_UINT) {
+        vmcf->filter_max_node = 0;
+    }
+
     if (vmcf->shm_zone == NULL) {
         return NGX_OK;
     }
+
+    ((ngx_http_vts_ctx_t *) vmcf->shm_zone->data)->dump_file =
+                                                            vmcf->dump_file;
 
     cmcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_core_module);
 
@@ -861,6 +1734,13 @@ ngx_http_vts_init(ngx_conf_t *cf)
     }
 
     *h = ngx_http_vts_log_handler;
+
+    h = ngx_array_push(&cmcf->phases[NGX_HTTP_PREACCESS_PHASE].handlers);
+    if (h == NULL) {
+        return NGX_ERROR;
+    }
+
+    *h = ngx_http_vts_limit_handler;
 
     return NGX_OK;
 }

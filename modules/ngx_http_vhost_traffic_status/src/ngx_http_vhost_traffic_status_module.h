@@ -30,6 +30,8 @@
 #define NGX_HTTP_VTS_KIND_SUM            2
 #define NGX_HTTP_VTS_KIND_UPSTREAM       3
 #define NGX_HTTP_VTS_KIND_NOGROUPS       4
+#define NGX_HTTP_VTS_KIND_FILTER         5
+#define NGX_HTTP_VTS_KIND_CACHE_NONE     99    /* control: cache group */
 
 #define NGX_HTTP_VTS_SUM_KEY             "*"
 #define NGX_HTTP_VTS_NOGROUPS_NAME       "::nogroups"
@@ -39,8 +41,21 @@
 #define NGX_HTTP_VTS_FORMAT_JSON         1
 #define NGX_HTTP_VTS_FORMAT_PROMETHEUS   2
 #define NGX_HTTP_VTS_FORMAT_HTML         3
+#define NGX_HTTP_VTS_FORMAT_JSONP        4
+
+#define NGX_HTTP_VTS_DEFAULT_JSONP  "ngx_http_vhost_traffic_status_jsonp_callback"
 
 #define NGX_HTTP_VTS_MAX_KEY_LEN         4096
+
+
+#define NGX_HTTP_VTS_MAX_BUCKETS         32
+
+
+/* vhost_traffic_status_histogram_buckets: upper bounds, increasing */
+typedef struct {
+    ngx_uint_t                  n;
+    uint32_t                    msec[NGX_HTTP_VTS_MAX_BUCKETS];
+} ngx_http_vts_buckets_t;
 
 
 /* counters of one zone entry; all updated under the slab pool mutex */
@@ -51,6 +66,12 @@ typedef struct {
     uint64_t                    responses[5];      /* 1xx .. 5xx */
     uint64_t                    request_msec;      /* sum */
     uint64_t                    response_msec;     /* sum, upstream only */
+    uint64_t                    last_msec;         /* last update, for LRU */
+    /* histogram: bounds of the location that first counted with buckets */
+    uint32_t                    nbuckets;
+    uint32_t                    bucket_msec[NGX_HTTP_VTS_MAX_BUCKETS];
+    uint64_t                    request_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
+    uint64_t                    response_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
 } ngx_http_vts_counters_t;
 
 
@@ -79,11 +100,34 @@ typedef struct {
 typedef struct {
     ngx_http_vts_shctx_t       *sh;
     ngx_slab_pool_t            *shpool;
+    ngx_str_t                   dump_file;         /* restore from, if set */
 } ngx_http_vts_ctx_t;
+
+
+/* one vhost_traffic_status_filter_by_set_key */
+typedef struct {
+    ngx_http_complex_value_t    key;
+    ngx_http_complex_value_t    name;              /* empty: a server zone */
+    ngx_uint_t                  has_name;
+} ngx_http_vts_filter_key_t;
+
+
+/* one vhost_traffic_status_limit_traffic[_by_set_key] */
+typedef struct {
+    ngx_http_complex_value_t    key;               /* by_set_key only */
+    ngx_http_complex_value_t    member;            /* "member:size" */
+    ngx_uint_t                  has_key;
+    ngx_uint_t                  code;
+} ngx_http_vts_limit_t;
 
 
 typedef struct {
     ngx_shm_zone_t             *shm_zone;
+    ngx_array_t                *filter_keys;       /* http level */
+    ngx_uint_t                  filter_max_node;
+    ngx_array_t                *filter_max_match;  /* of ngx_str_t */
+    ngx_str_t                   dump_file;
+    ngx_msec_t                  dump_period;
     ngx_str_t                   shm_name;
     ssize_t                     shm_size;
     uint64_t                    start_msec;        /* epoch msec of load */
@@ -93,7 +137,21 @@ typedef struct {
 typedef struct {
     ngx_flag_t                  enable;
     ngx_flag_t                  filter_by_host;
+    ngx_flag_t                  filter;
+    ngx_flag_t                  filter_check_duplicate;
     ngx_uint_t                  format;
+    ngx_array_t                *filter_keys;       /* server / location */
+    ngx_array_t                *filters;           /* applied: http + own */
+    ngx_flag_t                  limit;
+    ngx_flag_t                  limit_check_duplicate;
+    ngx_flag_t                  bypass_limit;
+    ngx_flag_t                  bypass_stats;
+    ngx_array_t                *limits;            /* of ngx_http_vts_limit_t */
+    ngx_http_vts_buckets_t     *buckets;
+    ngx_array_t                *sets;              /* set_by_filter */
+    ngx_flag_t                  stats_by_upstream;
+    ngx_str_t                   sum_key;
+    ngx_str_t                   jsonp;
 } ngx_http_vts_loc_conf_t;
 
 
@@ -108,6 +166,7 @@ typedef struct {
 
 typedef struct {
     size_t                      max_size;
+    size_t                      free_size;
     size_t                      used_size;
     ngx_uint_t                  used_node;
     ngx_uint_t                  nentries;
@@ -118,6 +177,31 @@ typedef struct {
 ngx_int_t ngx_http_vts_display_handler(ngx_http_request_t *r);
 ngx_int_t ngx_http_vts_snapshot(ngx_http_request_t *r,
     ngx_http_vts_snapshot_t *snap);
+ngx_int_t ngx_http_vts_add_variables(ngx_conf_t *cf);
+ngx_int_t ngx_http_vts_limit_handler(ngx_http_request_t *r);
+ngx_http_vts_node_t *ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_uint_t kind, u_char *key, size_t len, size_t glen);
+char *ngx_http_vts_dump(ngx_conf_t *cf, ngx_command_t *cmd, void *conf);
+void ngx_http_vts_dump_restore(ngx_http_vts_ctx_t *ctx, ngx_str_t *path,
+    ngx_log_t *log);
+ngx_int_t ngx_http_vts_dump_write(ngx_http_vts_ctx_t *ctx, ngx_str_t *path,
+    ngx_log_t *log);
+ngx_int_t ngx_http_vts_dump_init_process(ngx_cycle_t *cycle);
+void ngx_http_vts_dump_exit_process(ngx_cycle_t *cycle);
+char *ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_http_upstream_server_t *ngx_http_vts_find_server_conf(
+    ngx_http_request_t *r, ngx_http_vts_entry_t *e);
+char *ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_array_t *ngx_http_vts_limits_unique(ngx_conf_t *cf, ngx_array_t *limits);
+ngx_int_t ngx_http_vts_server_key(ngx_http_request_t *r, ngx_str_t *host);
+ngx_http_vts_node_t *ngx_http_vts_node_find_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_uint_t kind, u_char *key, size_t len, size_t glen);
+void ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_http_vts_node_t *vn);
+ngx_int_t ngx_http_vts_control(ngx_http_request_t *r, ngx_str_t *cmd,
+    ngx_str_t *group, ngx_str_t *zone, ngx_uint_t *count);
 
 
 extern ngx_module_t  ngx_http_vhost_traffic_status_module;
