@@ -3,6 +3,7 @@
 //! Each recipe is a [`repro::Step`]: toolchain → LuaJIT, OpenSSL → nginx (compiled once) →
 //! the embed relink with the Lua bytecode → the bundles written by [`dist`].
 
+pub mod allocator;
 pub mod dist;
 pub mod lua_modules;
 pub mod luajit;
