@@ -49,11 +49,41 @@ struct Workload {
 }
 
 const WORKLOADS: [Workload; 5] = [
-    Workload { label: "proxy to 2 peers, new upstream connection per request", key: "proxy", https: false, path: "/proxy", close: false },
-    Workload { label: "proxy to 2 peers, upstream keepalive", key: "proxy_keepalive", https: false, path: "/proxy-keepalive", close: false },
-    Workload { label: "HTTPS keep-alive requests (ECDSA P-256)", key: "https_keepalive", https: true, path: "/", close: false },
-    Workload { label: "new TLS connection per request", key: "tls_new_connection", https: true, path: "/", close: true },
-    Workload { label: "content_by_lua_block { ngx.say(\"hi\") }", key: "lua_say", https: false, path: "/lua", close: false },
+    Workload {
+        label: "proxy to 2 peers, new upstream connection per request",
+        key: "proxy",
+        https: false,
+        path: "/proxy",
+        close: false,
+    },
+    Workload {
+        label: "proxy to 2 peers, upstream keepalive",
+        key: "proxy_keepalive",
+        https: false,
+        path: "/proxy-keepalive",
+        close: false,
+    },
+    Workload {
+        label: "HTTPS keep-alive requests (ECDSA P-256)",
+        key: "https_keepalive",
+        https: true,
+        path: "/",
+        close: false,
+    },
+    Workload {
+        label: "new TLS connection per request",
+        key: "tls_new_connection",
+        https: true,
+        path: "/",
+        close: true,
+    },
+    Workload {
+        label: "content_by_lua_block { ngx.say(\"hi\") }",
+        key: "lua_say",
+        https: false,
+        path: "/lua",
+        close: false,
+    },
 ];
 
 /// How to run one nginx build.
@@ -72,8 +102,15 @@ fn main() {
     let rounds: usize = env_number("BENCH_ROUNDS", 3) as usize;
     let batch: u64 = env_number("BENCH_CALLGRIND_REQUESTS", 400);
     for tool in ["wrk", "curl", "valgrind", "apt-get", "dpkg-deb"] {
-        if Command::new("sh").args(["-c", "command -v \"$0\" >/dev/null", tool]).status().map(|s| !s.success()).unwrap_or(true) {
-            panic!("the benchmark needs {tool} on PATH (Debian: apt-get install wrk curl valgrind)");
+        if Command::new("sh")
+            .args(["-c", "command -v \"$0\" >/dev/null", tool])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            panic!(
+                "the benchmark needs {tool} on PATH (Debian: apt-get install wrk curl valgrind)"
+            );
         }
     }
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -82,7 +119,13 @@ fn main() {
     let dir = temp_dir("versus-debian");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let root = unpack_bundle(Strategy::Embed, dir.path());
-    let ours = Stack { name: "ours (embed)", binary: root.join("sbin/nginx"), env: vec![], main: String::new(), http: String::new() };
+    let ours = Stack {
+        name: "ours (embed)",
+        binary: root.join("sbin/nginx"),
+        env: vec![],
+        main: String::new(),
+        http: String::new(),
+    };
     let ca = TestCa::new();
     let tls_dir = dir.path().join("tls");
     fs::create_dir_all(&tls_dir).unwrap();
@@ -93,7 +136,13 @@ fn main() {
         "worker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{}}}\n",
         peers.iter().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
     );
-    let _backends = Server::start(&ours, &dir.path().join("backends"), &backend_conf, &peers, Duration::from_secs(15));
+    let _backends = Server::start(
+        &ours,
+        &dir.path().join("backends"),
+        &backend_conf,
+        &peers,
+        Duration::from_secs(15),
+    );
 
     println!("# Versus Debian 12's nginx (nginx-extras' lua module), 127.0.0.1\n");
     println!("load average at start: {}", load_average());
@@ -107,18 +156,35 @@ fn main() {
             .map(|(i, s)| {
                 let (http, https) = (free_port(), free_port());
                 let conf = front_conf(s, http, https, &peers, &tls_dir, false);
-                (Server::start(s, &dir.path().join(format!("front-{i}")), &conf, &[http, https], Duration::from_secs(15)), http, https)
+                (
+                    Server::start(
+                        s,
+                        &dir.path().join(format!("front-{i}")),
+                        &conf,
+                        &[http, https],
+                        Duration::from_secs(15),
+                    ),
+                    http,
+                    https,
+                )
             })
             .collect();
         for round in 0..rounds {
             for (w, workload) in WORKLOADS.iter().enumerate() {
                 // Alternate which stack goes first, so neither always runs on a warmer machine.
-                let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+                let order: Vec<usize> = if round % 2 == 0 {
+                    vec![0, 1]
+                } else {
+                    vec![1, 0]
+                };
                 for s in order {
                     let (server, http, https) = &servers[s];
                     let port = if workload.https { *https } else { *http };
                     let result = wrk(server, port, workload, seconds);
-                    eprintln!("round {round} {:<14} {:<60} {:>9.0} req/s {:>6.1} µs CPU/req", stacks[s].name, workload.label, result.0, result.1);
+                    eprintln!(
+                        "round {round} {:<14} {:<60} {:>9.0} req/s {:>6.1} µs CPU/req",
+                        stacks[s].name, workload.label, result.0, result.1
+                    );
                     runs[s][w].push(result);
                 }
             }
@@ -134,7 +200,10 @@ fn main() {
         for (w, workload) in WORKLOADS.iter().enumerate() {
             let port = if workload.https { https } else { http };
             instructions[s][w] = server.instructions_per_request(port, workload, batch);
-            eprintln!("callgrind {:<14} {:<60} {:>9.0} instructions/request", stack.name, workload.label, instructions[s][w]);
+            eprintln!(
+                "callgrind {:<14} {:<60} {:>9.0} instructions/request",
+                stack.name, workload.label, instructions[s][w]
+            );
         }
     }
 
@@ -143,8 +212,12 @@ fn main() {
     let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | instructions/req ours / Debian (callgrind) |");
     let _ = writeln!(table, "|---|---|---|---|---|---|");
     for (w, workload) in WORKLOADS.iter().enumerate() {
-        let rps: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.0).collect())).collect();
-        let cpu: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.1).collect())).collect();
+        let rps: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.0).collect()))
+            .collect();
+        let cpu: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.1).collect()))
+            .collect();
         let ratio = rps[0] / rps[1];
         let _ = writeln!(
             table,
@@ -183,8 +256,18 @@ fn main() {
 
 /// The front configuration: the same for both stacks but for the lines that load Debian's
 /// dynamic modules and point its Lua search path at the unpacked packages.
-fn front_conf(stack: &Stack, http: u16, https: u16, peers: &[u16; 2], tls_dir: &Path, callgrind: bool) -> String {
-    let servers: String = peers.iter().map(|p| format!("    server 127.0.0.1:{p};\n")).collect();
+fn front_conf(
+    stack: &Stack,
+    http: u16,
+    https: u16,
+    peers: &[u16; 2],
+    tls_dir: &Path,
+    callgrind: bool,
+) -> String {
+    let servers: String = peers
+        .iter()
+        .map(|p| format!("    server 127.0.0.1:{p};\n"))
+        .collect();
     format!(
         "{main}{single}worker_processes 1;\npid logs/nginx.pid;\nerror_log logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -212,21 +295,47 @@ fn debian_nginx(cache: &Path) -> Stack {
     if !binary.exists() {
         let debs = cache.join("debs");
         fs::create_dir_all(&debs).unwrap();
-        let status = Command::new("apt-get").arg("download").args(DEBIAN_PACKAGES).current_dir(&debs).status().expect("run apt-get download");
-        assert!(status.success(), "apt-get download {} failed in {}", DEBIAN_PACKAGES.join(" "), debs.display());
-        for deb in fs::read_dir(&debs).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")) {
-            let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().expect("run dpkg-deb");
+        let status = Command::new("apt-get")
+            .arg("download")
+            .args(DEBIAN_PACKAGES)
+            .current_dir(&debs)
+            .status()
+            .expect("run apt-get download");
+        assert!(
+            status.success(),
+            "apt-get download {} failed in {}",
+            DEBIAN_PACKAGES.join(" "),
+            debs.display()
+        );
+        for deb in fs::read_dir(&debs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        {
+            let status = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&root)
+                .status()
+                .expect("run dpkg-deb");
             assert!(status.success(), "dpkg-deb -x {} failed", deb.display());
         }
     }
-    let libs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"].map(|d| root.join(d).display().to_string()).join(":");
+    let libs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+        .map(|d| root.join(d).display().to_string())
+        .join(":");
     let modules = root.join("usr/lib/nginx/modules");
     let lua = root.join("usr/share/lua/5.1");
     Stack {
         name: "Debian",
         binary,
         env: vec![("LD_LIBRARY_PATH".into(), libs)],
-        main: format!("load_module {}/ndk_http_module.so;\nload_module {}/ngx_http_lua_module.so;\n", modules.display(), modules.display()),
+        main: format!(
+            "load_module {}/ndk_http_module.so;\nload_module {}/ngx_http_lua_module.so;\n",
+            modules.display(),
+            modules.display()
+        ),
         http: format!("  lua_package_path \"{}/?.lua;;\";\n", lua.display()),
     }
 }
@@ -246,11 +355,29 @@ impl Server {
     fn start_callgrind(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16]) -> Server {
         let out = prefix.join("callgrind.out");
         let mut cmd = Command::new("valgrind");
-        cmd.args(["--tool=callgrind", "--collect-atstart=no", "--dump-line=no"]).arg(format!("--callgrind-out-file={}", out.display())).arg(&stack.binary);
-        Server::launch(stack, prefix, conf, ports, Duration::from_secs(180), &mut cmd, Some(out))
+        cmd.args(["--tool=callgrind", "--collect-atstart=no", "--dump-line=no"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&stack.binary);
+        Server::launch(
+            stack,
+            prefix,
+            conf,
+            ports,
+            Duration::from_secs(180),
+            &mut cmd,
+            Some(out),
+        )
     }
 
-    fn launch(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16], limit: Duration, cmd: &mut Command, callgrind_out: Option<PathBuf>) -> Server {
+    fn launch(
+        stack: &Stack,
+        prefix: &Path,
+        conf: &str,
+        ports: &[u16],
+        limit: Duration,
+        cmd: &mut Command,
+        callgrind_out: Option<PathBuf>,
+    ) -> Server {
         for d in ["conf", "logs", "temp"] {
             fs::create_dir_all(prefix.join(d)).unwrap();
         }
@@ -258,19 +385,33 @@ impl Server {
         let child = cmd
             .arg("-p")
             .arg(prefix)
-            .args(["-c", "conf/nginx.conf", "-e", "logs/error.log", "-g", "daemon off;"])
+            .args([
+                "-c",
+                "conf/nginx.conf",
+                "-e",
+                "logs/error.log",
+                "-g",
+                "daemon off;",
+            ])
             .envs(stack.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", stack.binary.display()));
-        let mut server = Server { child, callgrind_out };
+        let mut server = Server {
+            child,
+            callgrind_out,
+        };
         let deadline = Instant::now() + limit;
         for &port in ports {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if server.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    panic!("{} did not listen on 127.0.0.1:{port}:\n{}", stack.name, fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default());
+                    panic!(
+                        "{} did not listen on 127.0.0.1:{port}:\n{}",
+                        stack.name,
+                        fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+                    );
                 }
                 sleep(Duration::from_millis(50));
             }
@@ -281,13 +422,23 @@ impl Server {
     /// User plus system CPU seconds of the worker (the master's one child).
     fn worker_cpu(&self) -> f64 {
         let pid = self.child.id();
-        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let worker = children.split_whitespace().next().map(str::to_owned).unwrap_or_else(|| pid.to_string());
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let worker = children
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .unwrap_or_else(|| pid.to_string());
         let stat = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
         // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
         (ticks(11) + ticks(12)) / clock_ticks()
     }
 
@@ -316,7 +467,14 @@ impl Server {
         dumps.sort();
         let (_, last) = dumps.pop().expect("callgrind wrote a dump");
         let text = fs::read_to_string(&last).unwrap();
-        let total: f64 = text.lines().find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: "))).and_then(|v| v.trim().parse().ok()).expect("a callgrind summary line");
+        let total: f64 = text
+            .lines()
+            .find_map(|l| {
+                l.strip_prefix("summary: ")
+                    .or_else(|| l.strip_prefix("totals: "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .expect("a callgrind summary line");
         control(&pid, "--zero");
         total / batch as f64
     }
@@ -326,7 +484,8 @@ impl Drop for Server {
     fn drop(&mut self) {
         let pid = self.child.id().to_string();
         let _ = Command::new("kill").args(["-QUIT", &pid]).status();
-        let deadline = Instant::now() + Duration::from_secs(if self.callgrind_out.is_some() { 60 } else { 10 });
+        let deadline = Instant::now()
+            + Duration::from_secs(if self.callgrind_out.is_some() { 60 } else { 10 });
         while Instant::now() < deadline {
             if let Ok(Some(_)) = self.child.try_wait() {
                 return;
@@ -339,8 +498,16 @@ impl Drop for Server {
 }
 
 fn control(pid: &str, what: &str) {
-    let out = Command::new("callgrind_control").arg(what).arg(pid).output().expect("run callgrind_control");
-    assert!(out.status.success(), "callgrind_control {what} {pid} failed: {}", String::from_utf8_lossy(&out.stderr));
+    let out = Command::new("callgrind_control")
+        .arg(what)
+        .arg(pid)
+        .output()
+        .expect("run callgrind_control");
+    assert!(
+        out.status.success(),
+        "callgrind_control {what} {pid} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 /// Exactly `n` requests of `workload` with curl: one connection for all of them, or one each
@@ -373,13 +540,32 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
     let out = cmd.arg(&url).output().expect("run wrk");
     let cpu = server.worker_cpu() - cpu_before;
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(out.status.success(), "wrk {url} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
-    let requests: f64 = text.lines().find_map(|l| l.trim().split_once(" requests in ")).and_then(|(n, _)| n.trim().parse().ok()).unwrap_or(0.0);
-    let rps: f64 = text.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
+    assert!(
+        out.status.success(),
+        "wrk {url} failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0.0);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
     if text.contains("Non-2xx") || (text.contains("Socket errors") && !workload.close) {
         eprintln!("wrk {url}:\n{text}");
     }
-    (rps, if requests > 0.0 { cpu * 1e6 / requests } else { 0.0 })
+    (
+        rps,
+        if requests > 0.0 {
+            cpu * 1e6 / requests
+        } else {
+            0.0
+        },
+    )
 }
 
 fn clock_ticks() -> f64 {
@@ -388,7 +574,10 @@ fn clock_ticks() -> f64 {
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {
