@@ -10,7 +10,8 @@
 //!
 //! Writes the table to stdout and as JSON to `target/bench/versus-debian.json`.
 //! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 3)
-//! shorten a run; `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch.
+//! shorten a run; `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch;
+//! `BENCH_BINARY` measures another static nginx (an older build, say) in place of the bundle's.
 
 use std::fmt::Write as _;
 use std::fs;
@@ -119,6 +120,10 @@ fn main() {
     let dir = temp_dir("versus-debian");
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let root = unpack_bundle(Strategy::Embed, dir.path());
+    if let Ok(other) = std::env::var("BENCH_BINARY") {
+        fs::copy(&other, root.join("sbin/nginx"))
+            .unwrap_or_else(|e| panic!("BENCH_BINARY={other}: {e}"));
+    }
     let ours = Stack {
         name: "ours (embed)",
         binary: root.join("sbin/nginx"),
@@ -191,15 +196,21 @@ fn main() {
         }
     }
 
+    // One nginx under callgrind per stack and workload: it counts only inside the event loop
+    // (`ngx_process_events_and_timers`, exported by both binaries), so start-up and
+    // configuration are left out, and the total at exit divided by the requests sent is the
+    // figure.
     let mut instructions = vec![vec![0f64; WORKLOADS.len()]; stacks.len()];
     for (s, stack) in stacks.iter().enumerate() {
-        let (http, https) = (free_port(), free_port());
-        let conf = front_conf(stack, http, https, &peers, &tls_dir, true);
-        let out = dir.path().join(format!("callgrind-{s}"));
-        let server = Server::start_callgrind(stack, &out, &conf, &[http, https]);
         for (w, workload) in WORKLOADS.iter().enumerate() {
+            let (http, https) = (free_port(), free_port());
+            let conf = front_conf(stack, http, https, &peers, &tls_dir, true);
+            let prefix = dir.path().join(format!("callgrind-{s}-{w}"));
+            let server = Server::start_callgrind(stack, &prefix, &conf, &[http, https]);
             let port = if workload.https { https } else { http };
-            instructions[s][w] = server.instructions_per_request(port, workload, batch);
+            curl(port, workload, batch);
+            let total = server.callgrind_total();
+            instructions[s][w] = total / batch as f64;
             eprintln!(
                 "callgrind {:<14} {:<60} {:>9.0} instructions/request",
                 stack.name, workload.label, instructions[s][w]
@@ -355,9 +366,14 @@ impl Server {
     fn start_callgrind(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16]) -> Server {
         let out = prefix.join("callgrind.out");
         let mut cmd = Command::new("valgrind");
-        cmd.args(["--tool=callgrind", "--collect-atstart=no", "--dump-line=no"])
-            .arg(format!("--callgrind-out-file={}", out.display()))
-            .arg(&stack.binary);
+        cmd.args([
+            "--tool=callgrind",
+            "--vgdb=no",
+            "--dump-line=no",
+            "--toggle-collect=ngx_process_events_and_timers",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&stack.binary);
         Server::launch(
             stack,
             prefix,
@@ -442,72 +458,45 @@ impl Server {
         (ticks(11) + ticks(12)) / clock_ticks()
     }
 
-    /// Instructions the server executes per request of `workload`: callgrind collects only
-    /// while `batch` requests run (after a warm-up), toggled through callgrind_control.
-    fn instructions_per_request(&self, port: u16, workload: &Workload, batch: u64) -> f64 {
-        let pid = self.child.id().to_string();
-        curl(port, workload, 20);
-        control(&pid, "--instr=on");
-        curl(port, workload, batch);
-        control(&pid, "--instr=off");
-        control(&pid, "--dump");
-        let out = self.callgrind_out.as_ref().unwrap();
-        // The newest dump: `<out>.<n>`, the highest n.
-        let dir = out.parent().unwrap();
-        let stem = out.file_name().unwrap().to_string_lossy().into_owned();
-        let mut dumps: Vec<(u32, PathBuf)> = fs::read_dir(dir)
-            .unwrap()
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().to_string_lossy().into_owned();
-                let n = name.strip_prefix(&format!("{stem}."))?.parse().ok()?;
-                Some((n, e.path()))
-            })
-            .collect();
-        dumps.sort();
-        let (_, last) = dumps.pop().expect("callgrind wrote a dump");
-        let text = fs::read_to_string(&last).unwrap();
-        let total: f64 = text
-            .lines()
+    /// Quits the server under callgrind and returns the instructions it counted.
+    fn callgrind_total(mut self) -> f64 {
+        let out = self.callgrind_out.take().expect("a server under callgrind");
+        quit(&mut self.child, Duration::from_secs(120));
+        let text = fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("callgrind wrote no {}: {e}", out.display()));
+        text.lines()
             .find_map(|l| {
                 l.strip_prefix("summary: ")
                     .or_else(|| l.strip_prefix("totals: "))
             })
             .and_then(|v| v.trim().parse().ok())
-            .expect("a callgrind summary line");
-        control(&pid, "--zero");
-        total / batch as f64
+            .unwrap_or_else(|| panic!("no callgrind summary in {}", out.display()))
     }
+}
+
+/// SIGQUIT (graceful shutdown), then SIGKILL after `limit`.
+fn quit(child: &mut Child, limit: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-QUIT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
 }
 
 impl Drop for Server {
     fn drop(&mut self) {
-        let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-QUIT", &pid]).status();
-        let deadline = Instant::now()
-            + Duration::from_secs(if self.callgrind_out.is_some() { 60 } else { 10 });
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            sleep(Duration::from_millis(50));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        quit(&mut self.child, Duration::from_secs(10));
     }
-}
-
-fn control(pid: &str, what: &str) {
-    let out = Command::new("callgrind_control")
-        .arg(what)
-        .arg(pid)
-        .output()
-        .expect("run callgrind_control");
-    assert!(
-        out.status.success(),
-        "callgrind_control {what} {pid} failed: {}",
-        String::from_utf8_lossy(&out.stderr)
-    );
 }
 
 /// Exactly `n` requests of `workload` with curl: one connection for all of them, or one each
