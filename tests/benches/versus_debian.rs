@@ -153,7 +153,8 @@ fn main() {
     println!("load average at start: {}", load_average());
     println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians\n");
     let stacks = [ours, debian];
-    let mut runs: Vec<Vec<Vec<(f64, f64)>>> = vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
+    let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> =
+        vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
     {
         let servers: Vec<(Server, u16, u16)> = stacks
             .iter()
@@ -187,8 +188,8 @@ fn main() {
                     let port = if workload.https { *https } else { *http };
                     let result = wrk(server, port, workload, seconds);
                     eprintln!(
-                        "round {round} {:<14} {:<60} {:>9.0} req/s {:>6.1} µs CPU/req",
-                        stacks[s].name, workload.label, result.0, result.1
+                        "round {round} {:<14} {:<60} {:>9.0} req/s {:>6.1} µs CPU/req {:>8.1} faults/1k",
+                        stacks[s].name, workload.label, result.0, result.1, result.2
                     );
                     runs[s][w].push(result);
                 }
@@ -220,8 +221,8 @@ fn main() {
 
     let mut table = String::new();
     let mut json = String::from("{\n  \"workloads\": [\n");
-    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | instructions/req ours / Debian (callgrind) |");
-    let _ = writeln!(table, "|---|---|---|---|---|---|");
+    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
     for (w, workload) in WORKLOADS.iter().enumerate() {
         let rps: Vec<f64> = (0..2)
             .map(|s| median(runs[s][w].iter().map(|r| r.0).collect()))
@@ -229,27 +230,34 @@ fn main() {
         let cpu: Vec<f64> = (0..2)
             .map(|s| median(runs[s][w].iter().map(|r| r.1).collect()))
             .collect();
+        let faults: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.2).collect()))
+            .collect();
         let ratio = rps[0] / rps[1];
         let _ = writeln!(
             table,
-            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {:.0} / {:.0} |",
+            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} |",
             workload.label,
             rps[0] / 1000.0,
             rps[1] / 1000.0,
             cpu[0],
             cpu[1],
+            faults[0],
+            faults[1],
             instructions[0][w],
             instructions[1][w]
         );
         let _ = write!(
             json,
-            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_instructions_per_request\": {:.0}, \"debian_instructions_per_request\": {:.0}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}\n",
+            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {:.0}, \"debian_instructions_per_request\": {:.0}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}\n",
             workload.key,
             workload.label,
             rps[0],
             rps[1],
             cpu[0],
             cpu[1],
+            faults[0],
+            faults[1],
             instructions[0][w],
             instructions[1][w],
             runs[0][w].iter().map(|r| r.0.round()).collect::<Vec<_>>(),
@@ -435,8 +443,9 @@ impl Server {
         server
     }
 
-    /// User plus system CPU seconds of the worker (the master's one child).
-    fn worker_cpu(&self) -> f64 {
+    /// User plus system CPU seconds and minor page faults of the worker (the master's one
+    /// child).
+    fn worker_usage(&self) -> (f64, f64) {
         let pid = self.child.id();
         let children =
             fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
@@ -446,7 +455,8 @@ impl Server {
             .map(str::to_owned)
             .unwrap_or_else(|| pid.to_string());
         let stat = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: state is field 3, utime 14, stime 15.
+        // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
+        // stime 15.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
         let ticks = |i: usize| {
@@ -455,7 +465,7 @@ impl Server {
                 .and_then(|f| f.parse::<f64>().ok())
                 .unwrap_or(0.0)
         };
-        (ticks(11) + ticks(12)) / clock_ticks()
+        ((ticks(11) + ticks(12)) / clock_ticks(), ticks(7))
     }
 
     /// Quits the server under callgrind and returns the instructions it counted.
@@ -516,8 +526,9 @@ fn curl(port: u16, workload: &Workload, n: u64) {
     assert!(status.success(), "curl {url} x{n} failed");
 }
 
-/// Requests per second and the worker's CPU µs per request of one wrk run.
-fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f64) {
+/// Requests per second, the worker's CPU µs per request and its minor page faults per 1,000
+/// requests, of one wrk run.
+fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f64, f64) {
     let scheme = if workload.https { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{port}{}", workload.path);
     let mut cmd = Command::new("wrk");
@@ -525,9 +536,10 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
     if workload.close {
         cmd.args(["-H", "Connection: close"]);
     }
-    let cpu_before = server.worker_cpu();
+    let before = server.worker_usage();
     let out = cmd.arg(&url).output().expect("run wrk");
-    let cpu = server.worker_cpu() - cpu_before;
+    let after = server.worker_usage();
+    let (cpu, faults) = (after.0 - before.0, after.1 - before.1);
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         out.status.success(),
@@ -547,14 +559,11 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
     if text.contains("Non-2xx") || (text.contains("Socket errors") && !workload.close) {
         eprintln!("wrk {url}:\n{text}");
     }
-    (
-        rps,
-        if requests > 0.0 {
-            cpu * 1e6 / requests
-        } else {
-            0.0
-        },
-    )
+    if requests > 0.0 {
+        (rps, cpu * 1e6 / requests, faults * 1000.0 / requests)
+    } else {
+        (rps, 0.0, 0.0)
+    }
 }
 
 fn clock_ticks() -> f64 {
