@@ -247,9 +247,9 @@ fn main() {
             instructions[0][w],
             instructions[1][w]
         );
-        let _ = write!(
+        let _ = writeln!(
             json,
-            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {:.0}, \"debian_instructions_per_request\": {:.0}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}\n",
+            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {:.0}, \"debian_instructions_per_request\": {:.0}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
             workload.key,
             workload.label,
             rps[0],
