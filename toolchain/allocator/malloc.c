@@ -44,3 +44,20 @@ __attribute__((visibility("hidden"))) void __libc_free(void *p)
 {
 	mi_free(p);
 }
+
+/*
+ * libgcc's unwinder (libgcc_eh, used by every LuaJIT error and trace) reaches the pthread
+ * functions through weak references and takes its locks only when pthread_key_create is
+ * linked. mimalloc links pthread_key_create (for its thread-exit hook), so a program that
+ * has no threads of its own (the luajit compiler) would then call the lock functions through
+ * null weak references. Linking them here keeps the unwinder's two cases consistent.
+ */
+#include <pthread.h>
+__attribute__((used)) static void *const libgcc_thread_functions[] = {
+	(void *)pthread_mutex_lock,
+	(void *)pthread_mutex_unlock,
+	(void *)pthread_once,
+	(void *)pthread_getspecific,
+	(void *)pthread_setspecific,
+	(void *)pthread_key_create,
+};
