@@ -116,3 +116,28 @@ fn serving_workers_allocate_through_mimalloc() {
         );
     }
 }
+
+#[test]
+fn a_program_without_threads_of_its_own_still_unwinds_and_compiles_traces() {
+    // mimalloc links pthread_key_create, which switches libgcc's unwinder to locking; the
+    // luajit binary has no threads of its own, and a hot loop (a trace, whose machine code
+    // the unwinder registers) plus a caught error both go through that code.
+    let layout = pipeline::luajit::Layout::new(&e2e::toolchain().luajit);
+    let script = "local s = 0 for i = 1, 100000 do s = s + i % 7 end \
+                  local ok, err = pcall(error, 'boom') \
+                  io.write(s, ' ', tostring(ok), ' ', err, ' ', tostring(jit.status()), '\\n')";
+    let out = Command::new(layout.luajit())
+        .args(["-e", script])
+        .output()
+        .expect("run luajit");
+    assert!(
+        out.status.success(),
+        "luajit failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "300000 false boom true\n"
+    );
+}
