@@ -85,10 +85,11 @@ fn serving_workers_allocate_through_mimalloc() {
         let dir = temp_dir(&format!("allocator-{}", strategy.name()));
         let root = unpack_bundle(strategy, dir.path());
         let port = free_port();
+        let lua_path = pipeline::dist::LUA_PACKAGE_PATH;
         let conf = format!(
             "worker_processes 1;\nenv MIMALLOC_SHOW_STATS;\nerror_log logs/error.log info;\npid logs/nginx.pid;\n\
              events {{ worker_connections 64; }}\n\
-             http {{\n  access_log off;\n  server {{\n    listen 127.0.0.1:{port};\n\
+             http {{\n  {lua_path}\n  access_log off;\n  server {{\n    listen 127.0.0.1:{port};\n\
              location / {{ content_by_lua_block {{ ngx.say(string.rep(\"x\", 100000):len()) }} }}\n  }}\n}}\n"
         );
         let nginx = Nginx::start(&root, &conf, &[port]);
