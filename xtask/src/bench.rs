@@ -6,8 +6,9 @@ use repro::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Instead of build times: proxied requests per second through the seed configurations
-    /// (runs `cargo bench -p e2e --bench load`).
+    /// Instead of build times: proxied requests per second through the seed configurations,
+    /// then the static binary beside Debian's nginx on the same workloads (runs
+    /// `cargo bench -p e2e --bench load` and `--bench versus_debian`).
     #[arg(long)]
     load: bool,
 }
@@ -19,10 +20,12 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     if args.load {
         let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".into());
-        return duct::cmd(cargo, ["bench", "--package", "e2e", "--bench", "load"])
-            .run()
-            .map(drop)
-            .map_err(|e| Error::with_source("the load benchmark failed", e));
+        for bench in ["load", "versus_debian"] {
+            duct::cmd(&cargo, ["bench", "--package", "e2e", "--bench", bench])
+                .run()
+                .map_err(|e| Error::with_source(format!("the {bench} benchmark failed"), e))?;
+        }
+        return Ok(());
     }
     let here = Project::from_checkout()?;
     let scratch = here.root.join("target/bench");

@@ -3,6 +3,7 @@
 //! Each recipe is a [`repro::Step`]: toolchain → LuaJIT, OpenSSL → nginx (compiled once) →
 //! the embed relink with the Lua bytecode → the bundles written by [`dist`].
 
+pub mod allocator;
 pub mod bundle;
 pub mod bytecode;
 pub mod dist;

@@ -4,7 +4,8 @@
 //! Debian's musl-gcc turns `-static-pie` into a dynamic PIE, drops crypt(), and gcc 12's
 //! libgcc_eh wants glibc's `_dl_find_object`; `toolchain/` holds the specs and the small C
 //! support library (`libstaticpie.a`: `_dl_find_object`, a `dlsym` that reads the binary's own
-//! `.dynsym`, and a RELRO constructor) that fix all three.
+//! `.dynsym`, and a RELRO constructor) that fix all three. It also compiles the allocator every
+//! link gets in place of musl's (see [`crate::allocator`]).
 
 use repro::{Artifact, Result, Step};
 
@@ -39,7 +40,7 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         step = step.file(format!("static-pie/{name}"), text, false);
     }
     let prefix_map = "-ffile-prefix-map={build}=/build/toolchain";
-    step.command("musl", ["./configure", "--prefix=/", "--disable-shared", "CC=gcc", &format!("CFLAGS=-O2 {prefix_map}")])
+    let step = step.command("musl", ["./configure", "--prefix=/", "--disable-shared", "CC=gcc", &format!("CFLAGS=-O2 {prefix_map}")])
         .command("musl", ["make", "-j2"])
         .command("musl", ["make", "install", "DESTDIR={out}"])
         .command(".", ["mkdir", "-p", "{out}/kernel-headers", "{out}/lib"])
@@ -47,8 +48,8 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", "{out}/kernel-headers/asm"])
         .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
         .command("static-pie", ["ar", "rcsD", "{out}/lib/libstaticpie.a", "dl_find_object.o", "dlsym.o"])
-        .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"])
-        .run_in(project)
+        .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"]);
+    crate::allocator::add_to_toolchain(step, sources)?.run_in(project)
 }
 
 /// Puts the musl compiler on a step's PATH, its specs pointing at the toolchain under `root`

@@ -1,0 +1,594 @@
+//! The static binary (embed bundle) beside Debian 12's own nginx with its lua module, on the
+//! same configurations: requests per second and worker CPU per request with wrk, interleaved,
+//! medians and the ratio per workload; then callgrind instructions per request for each, the
+//! figure that stays stable on a shared, noisy machine.
+//!
+//! Debian's nginx is never installed: its packages are fetched with `apt-get download` into
+//! `target/bench/debian-nginx/` and unpacked with `dpkg-deb -x`, and it runs from there with
+//! its own configuration on loopback ports (no system service is started or touched).
+//! Upstream peers are a third nginx (the static binary) answering from memory.
+//!
+//! Writes the table to stdout and as JSON to `target/bench/versus-debian.json`.
+//! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 3)
+//! shorten a run; `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch;
+//! `BENCH_BINARY` measures another static nginx (an older build, say) in place of the bundle's.
+
+use std::fmt::Write as _;
+use std::fs;
+use std::io::Read;
+use std::net::TcpStream;
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::thread::sleep;
+use std::time::{Duration, Instant};
+
+use e2e::backend::TestCa;
+use e2e::{free_port, temp_dir, tls, unpack_bundle, Strategy};
+
+/// Debian's nginx, its lua module and what they load that a base system lacks.
+const DEBIAN_PACKAGES: [&str; 8] = [
+    "nginx",
+    "libnginx-mod-http-ndk",
+    "libnginx-mod-http-lua",
+    "lua-resty-core",
+    "lua-resty-lrucache",
+    "libluajit2-5.1-2",
+    "libluajit2-5.1-common",
+    "libpcre3",
+];
+const CONNECTIONS: &str = "32";
+
+/// One measured workload: the same request against either stack.
+struct Workload {
+    label: &'static str,
+    key: &'static str,
+    https: bool,
+    path: &'static str,
+    /// `Connection: close` on every request: a new client connection (TLS handshake) each time.
+    close: bool,
+}
+
+const WORKLOADS: [Workload; 5] = [
+    Workload {
+        label: "proxy to 2 peers, new upstream connection per request",
+        key: "proxy",
+        https: false,
+        path: "/proxy",
+        close: false,
+    },
+    Workload {
+        label: "proxy to 2 peers, upstream keepalive",
+        key: "proxy_keepalive",
+        https: false,
+        path: "/proxy-keepalive",
+        close: false,
+    },
+    Workload {
+        label: "HTTPS keep-alive requests (ECDSA P-256)",
+        key: "https_keepalive",
+        https: true,
+        path: "/",
+        close: false,
+    },
+    Workload {
+        label: "new TLS connection per request",
+        key: "tls_new_connection",
+        https: true,
+        path: "/",
+        close: true,
+    },
+    Workload {
+        label: "content_by_lua_block { ngx.say(\"hi\") }",
+        key: "lua_say",
+        https: false,
+        path: "/lua",
+        close: false,
+    },
+];
+
+/// How to run one nginx build.
+struct Stack {
+    name: &'static str,
+    binary: PathBuf,
+    env: Vec<(String, String)>,
+    /// Main-context lines before `events` (module loading).
+    main: String,
+    /// http-context lines (where the Lua modules are).
+    http: String,
+}
+
+fn main() {
+    let seconds: u64 = env_number("BENCH_SECONDS", 10);
+    let rounds: usize = env_number("BENCH_ROUNDS", 3) as usize;
+    let batch: u64 = env_number("BENCH_CALLGRIND_REQUESTS", 400);
+    for tool in ["wrk", "curl", "valgrind", "apt-get", "dpkg-deb"] {
+        if Command::new("sh")
+            .args(["-c", "command -v \"$0\" >/dev/null", tool])
+            .status()
+            .map(|s| !s.success())
+            .unwrap_or(true)
+        {
+            panic!(
+                "the benchmark needs {tool} on PATH (Debian: apt-get install wrk curl valgrind)"
+            );
+        }
+    }
+    let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
+    let debian = debian_nginx(&target.join("debian-nginx"));
+
+    let dir = temp_dir("versus-debian");
+    fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
+    let root = unpack_bundle(Strategy::Embed, dir.path());
+    if let Ok(other) = std::env::var("BENCH_BINARY") {
+        fs::copy(&other, root.join("sbin/nginx"))
+            .unwrap_or_else(|e| panic!("BENCH_BINARY={other}: {e}"));
+    }
+    let ours = Stack {
+        name: "ours (embed)",
+        binary: root.join("sbin/nginx"),
+        env: vec![],
+        main: String::new(),
+        http: String::new(),
+    };
+    let ca = TestCa::new();
+    let tls_dir = dir.path().join("tls");
+    fs::create_dir_all(&tls_dir).unwrap();
+    tls::write_server_files(&ca, &tls_dir, &["localhost"]);
+
+    let peers = [free_port(), free_port()];
+    let backend_conf = format!(
+        "worker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{}}}\n",
+        peers.iter().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
+    );
+    let _backends = Server::start(
+        &ours,
+        &dir.path().join("backends"),
+        &backend_conf,
+        &peers,
+        Duration::from_secs(15),
+    );
+
+    println!("# Versus Debian 12's nginx (nginx-extras' lua module), 127.0.0.1\n");
+    println!("load average at start: {}", load_average());
+    println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians\n");
+    let stacks = [ours, debian];
+    let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> =
+        vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
+    {
+        let servers: Vec<(Server, u16, u16)> = stacks
+            .iter()
+            .enumerate()
+            .map(|(i, s)| {
+                let (http, https) = (free_port(), free_port());
+                let conf = front_conf(s, http, https, &peers, &tls_dir, false);
+                (
+                    Server::start(
+                        s,
+                        &dir.path().join(format!("front-{i}")),
+                        &conf,
+                        &[http, https],
+                        Duration::from_secs(15),
+                    ),
+                    http,
+                    https,
+                )
+            })
+            .collect();
+        for round in 0..rounds {
+            for (w, workload) in WORKLOADS.iter().enumerate() {
+                // Alternate which stack goes first, so neither always runs on a warmer machine.
+                let order: Vec<usize> = if round % 2 == 0 {
+                    vec![0, 1]
+                } else {
+                    vec![1, 0]
+                };
+                for s in order {
+                    let (server, http, https) = &servers[s];
+                    let port = if workload.https { *https } else { *http };
+                    let result = wrk(server, port, workload, seconds);
+                    eprintln!(
+                        "round {round} {:<14} {:<60} {:>9.0} req/s {:>6.1} µs CPU/req {:>8.1} faults/1k",
+                        stacks[s].name, workload.label, result.0, result.1, result.2
+                    );
+                    runs[s][w].push(result);
+                }
+            }
+        }
+    }
+
+    // One nginx under callgrind per stack and workload: it counts only inside the event loop
+    // (`ngx_process_events_and_timers`, exported by both binaries), so start-up and
+    // configuration are left out, and the total at exit divided by the requests sent is the
+    // figure.
+    let mut instructions = vec![vec![0f64; WORKLOADS.len()]; stacks.len()];
+    for (s, stack) in stacks.iter().enumerate() {
+        for (w, workload) in WORKLOADS.iter().enumerate() {
+            let (http, https) = (free_port(), free_port());
+            let conf = front_conf(stack, http, https, &peers, &tls_dir, true);
+            let prefix = dir.path().join(format!("callgrind-{s}-{w}"));
+            let server = Server::start_callgrind(stack, &prefix, &conf, &[http, https]);
+            let port = if workload.https { https } else { http };
+            curl(port, workload, batch);
+            let total = server.callgrind_total();
+            instructions[s][w] = total / batch as f64;
+            eprintln!(
+                "callgrind {:<14} {:<60} {:>9.0} instructions/request",
+                stack.name, workload.label, instructions[s][w]
+            );
+        }
+    }
+
+    let mut table = String::new();
+    let mut json = String::from("{\n  \"workloads\": [\n");
+    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let rps: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.0).collect()))
+            .collect();
+        let cpu: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.1).collect()))
+            .collect();
+        let faults: Vec<f64> = (0..2)
+            .map(|s| median(runs[s][w].iter().map(|r| r.2).collect()))
+            .collect();
+        let ratio = rps[0] / rps[1];
+        let _ = writeln!(
+            table,
+            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} |",
+            workload.label,
+            rps[0] / 1000.0,
+            rps[1] / 1000.0,
+            cpu[0],
+            cpu[1],
+            faults[0],
+            faults[1],
+            instructions[0][w],
+            instructions[1][w]
+        );
+        let _ = writeln!(
+            json,
+            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {:.0}, \"debian_instructions_per_request\": {:.0}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
+            workload.key,
+            workload.label,
+            rps[0],
+            rps[1],
+            cpu[0],
+            cpu[1],
+            faults[0],
+            faults[1],
+            instructions[0][w],
+            instructions[1][w],
+            runs[0][w].iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+            runs[1][w].iter().map(|r| r.0.round()).collect::<Vec<_>>(),
+            if w + 1 < WORKLOADS.len() { "," } else { "" }
+        );
+    }
+    let _ = write!(json, "  ],\n  \"seconds_per_run\": {seconds},\n  \"rounds\": {rounds},\n  \"connections\": {CONNECTIONS},\n  \"callgrind_requests\": {batch}\n}}\n");
+    println!("{table}");
+    println!("load average at end: {}", load_average());
+    let json_path = target.join("versus-debian.json");
+    fs::write(&json_path, json).unwrap();
+    println!("written: {}", json_path.display());
+}
+
+/// The front configuration: the same for both stacks but for the lines that load Debian's
+/// dynamic modules and point its Lua search path at the unpacked packages.
+fn front_conf(
+    stack: &Stack,
+    http: u16,
+    https: u16,
+    peers: &[u16; 2],
+    tls_dir: &Path,
+    callgrind: bool,
+) -> String {
+    let servers: String = peers
+        .iter()
+        .map(|p| format!("    server 127.0.0.1:{p};\n"))
+        .collect();
+    format!(
+        "{main}{single}worker_processes 1;\npid logs/nginx.pid;\nerror_log logs/error.log warn;\n\
+         events {{ worker_connections 4096; }}\n\
+         http {{\n{http_lines}  access_log off;\n  keepalive_requests 1000000;\n\
+         client_body_temp_path temp/body;\n  proxy_temp_path temp/proxy;\n  fastcgi_temp_path temp/fastcgi;\n  uwsgi_temp_path temp/uwsgi;\n  scgi_temp_path temp/scgi;\n\
+         upstream plain {{\n{servers}  }}\n  upstream pooled {{\n{servers}    keepalive 32;\n  }}\n\
+         server {{\n    listen 127.0.0.1:{http};\n\
+         location /proxy {{ proxy_pass http://plain/; }}\n\
+         location /proxy-keepalive {{ proxy_pass http://pooled/; proxy_http_version 1.1; proxy_set_header Connection \"\"; }}\n\
+         location /lua {{ content_by_lua_block {{ ngx.say(\"hi\") }} }}\n  }}\n\
+         server {{\n    listen 127.0.0.1:{https} ssl;\n    ssl_certificate {tls}/server.crt;\n    ssl_certificate_key {tls}/server.key;\n\
+         ssl_protocols TLSv1.2 TLSv1.3;\n    ssl_session_cache off;\n    ssl_session_tickets off;\n\
+         location / {{ return 200 \"hi\\n\"; }}\n  }}\n}}\n",
+        main = stack.main,
+        single = if callgrind { "master_process off;\n" } else { "" },
+        http_lines = stack.http,
+        tls = tls_dir.display(),
+    )
+}
+
+/// Debian's nginx unpacked under `cache` (downloaded on first use).
+fn debian_nginx(cache: &Path) -> Stack {
+    let root = cache.join("root");
+    let binary = root.join("usr/sbin/nginx");
+    if !binary.exists() {
+        let debs = cache.join("debs");
+        fs::create_dir_all(&debs).unwrap();
+        let status = Command::new("apt-get")
+            .arg("download")
+            .args(DEBIAN_PACKAGES)
+            .current_dir(&debs)
+            .status()
+            .expect("run apt-get download");
+        assert!(
+            status.success(),
+            "apt-get download {} failed in {}",
+            DEBIAN_PACKAGES.join(" "),
+            debs.display()
+        );
+        for deb in fs::read_dir(&debs)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
+        {
+            let status = Command::new("dpkg-deb")
+                .arg("-x")
+                .arg(&deb)
+                .arg(&root)
+                .status()
+                .expect("run dpkg-deb");
+            assert!(status.success(), "dpkg-deb -x {} failed", deb.display());
+        }
+    }
+    let libs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
+        .map(|d| root.join(d).display().to_string())
+        .join(":");
+    let modules = root.join("usr/lib/nginx/modules");
+    let lua = root.join("usr/share/lua/5.1");
+    Stack {
+        name: "Debian",
+        binary,
+        env: vec![("LD_LIBRARY_PATH".into(), libs)],
+        main: format!(
+            "load_module {}/ndk_http_module.so;\nload_module {}/ngx_http_lua_module.so;\n",
+            modules.display(),
+            modules.display()
+        ),
+        http: format!("  lua_package_path \"{}/?.lua;;\";\n", lua.display()),
+    }
+}
+
+/// A running nginx (or nginx under callgrind) with its own prefix, quit when dropped.
+struct Server {
+    child: Child,
+    callgrind_out: Option<PathBuf>,
+}
+
+impl Server {
+    fn start(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16], limit: Duration) -> Server {
+        let mut cmd = Command::new(&stack.binary);
+        Server::launch(stack, prefix, conf, ports, limit, &mut cmd, None)
+    }
+
+    fn start_callgrind(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16]) -> Server {
+        let out = prefix.join("callgrind.out");
+        let mut cmd = Command::new("valgrind");
+        cmd.args([
+            "--tool=callgrind",
+            "--vgdb=no",
+            "--dump-line=no",
+            "--toggle-collect=ngx_process_events_and_timers",
+        ])
+        .arg(format!("--callgrind-out-file={}", out.display()))
+        .arg(&stack.binary);
+        Server::launch(
+            stack,
+            prefix,
+            conf,
+            ports,
+            Duration::from_secs(180),
+            &mut cmd,
+            Some(out),
+        )
+    }
+
+    fn launch(
+        stack: &Stack,
+        prefix: &Path,
+        conf: &str,
+        ports: &[u16],
+        limit: Duration,
+        cmd: &mut Command,
+        callgrind_out: Option<PathBuf>,
+    ) -> Server {
+        for d in ["conf", "logs", "temp"] {
+            fs::create_dir_all(prefix.join(d)).unwrap();
+        }
+        fs::write(prefix.join("conf/nginx.conf"), conf).unwrap();
+        let child = cmd
+            .arg("-p")
+            .arg(prefix)
+            .args([
+                "-c",
+                "conf/nginx.conf",
+                "-e",
+                "logs/error.log",
+                "-g",
+                "daemon off;",
+            ])
+            .envs(stack.env.iter().map(|(k, v)| (k, v)))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {}: {e}", stack.binary.display()));
+        let mut server = Server {
+            child,
+            callgrind_out,
+        };
+        let deadline = Instant::now() + limit;
+        for &port in ports {
+            while TcpStream::connect(("127.0.0.1", port)).is_err() {
+                if server.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
+                    panic!(
+                        "{} did not listen on 127.0.0.1:{port}:\n{}",
+                        stack.name,
+                        fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
+                    );
+                }
+                sleep(Duration::from_millis(50));
+            }
+        }
+        server
+    }
+
+    /// User plus system CPU seconds and minor page faults of the worker (the master's one
+    /// child).
+    fn worker_usage(&self) -> (f64, f64) {
+        let pid = self.child.id();
+        let children =
+            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let worker = children
+            .split_whitespace()
+            .next()
+            .map(str::to_owned)
+            .unwrap_or_else(|| pid.to_string());
+        let stat = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
+        // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
+        // stime 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let ticks = |i: usize| {
+            fields
+                .get(i)
+                .and_then(|f| f.parse::<f64>().ok())
+                .unwrap_or(0.0)
+        };
+        ((ticks(11) + ticks(12)) / clock_ticks(), ticks(7))
+    }
+
+    /// Quits the server under callgrind and returns the instructions it counted.
+    fn callgrind_total(mut self) -> f64 {
+        let out = self.callgrind_out.take().expect("a server under callgrind");
+        quit(&mut self.child, Duration::from_secs(120));
+        let text = fs::read_to_string(&out)
+            .unwrap_or_else(|e| panic!("callgrind wrote no {}: {e}", out.display()));
+        text.lines()
+            .find_map(|l| {
+                l.strip_prefix("summary: ")
+                    .or_else(|| l.strip_prefix("totals: "))
+            })
+            .and_then(|v| v.trim().parse().ok())
+            .unwrap_or_else(|| panic!("no callgrind summary in {}", out.display()))
+    }
+}
+
+/// SIGQUIT (graceful shutdown), then SIGKILL after `limit`.
+fn quit(child: &mut Child, limit: Duration) {
+    if let Ok(Some(_)) = child.try_wait() {
+        return;
+    }
+    let _ = Command::new("kill")
+        .args(["-QUIT", &child.id().to_string()])
+        .status();
+    let deadline = Instant::now() + limit;
+    while Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        sleep(Duration::from_millis(50));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        quit(&mut self.child, Duration::from_secs(10));
+    }
+}
+
+/// Exactly `n` requests of `workload` with curl: one connection for all of them, or one each
+/// with `Connection: close`.
+fn curl(port: u16, workload: &Workload, n: u64) {
+    let scheme = if workload.https { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}{}", workload.path);
+    let mut cmd = Command::new("curl");
+    cmd.args(["-sS", "-k", "--fail", "--max-time", "600"]);
+    if workload.close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    for _ in 0..n {
+        cmd.arg("-o").arg("/dev/null").arg(&url);
+    }
+    let status = cmd.status().expect("run curl");
+    assert!(status.success(), "curl {url} x{n} failed");
+}
+
+/// Requests per second, the worker's CPU µs per request and its minor page faults per 1,000
+/// requests, of one wrk run.
+fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f64, f64) {
+    let scheme = if workload.https { "https" } else { "http" };
+    let url = format!("{scheme}://127.0.0.1:{port}{}", workload.path);
+    let mut cmd = Command::new("wrk");
+    cmd.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")]);
+    if workload.close {
+        cmd.args(["-H", "Connection: close"]);
+    }
+    let before = server.worker_usage();
+    let out = cmd.arg(&url).output().expect("run wrk");
+    let after = server.worker_usage();
+    let (cpu, faults) = (after.0 - before.0, after.1 - before.1);
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "wrk {url} failed:\n{text}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let requests: f64 = text
+        .lines()
+        .find_map(|l| l.trim().split_once(" requests in "))
+        .and_then(|(n, _)| n.trim().parse().ok())
+        .unwrap_or(0.0);
+    let rps: f64 = text
+        .lines()
+        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(0.0);
+    if text.contains("Non-2xx") || (text.contains("Socket errors") && !workload.close) {
+        eprintln!("wrk {url}:\n{text}");
+    }
+    if requests > 0.0 {
+        (rps, cpu * 1e6 / requests, faults * 1000.0 / requests)
+    } else {
+        (rps, 0.0, 0.0)
+    }
+}
+
+fn clock_ticks() -> f64 {
+    // Linux reports /proc times in USER_HZ, 100 on every supported architecture.
+    100.0
+}
+
+fn env_number(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn median(mut values: Vec<f64>) -> f64 {
+    values.sort_by(|a, b| a.total_cmp(b));
+    match values.len() {
+        0 => 0.0,
+        n if n % 2 == 1 => values[n / 2],
+        n => (values[n / 2 - 1] + values[n / 2]) / 2.0,
+    }
+}
+
+fn load_average() -> String {
+    let mut s = String::new();
+    let _ = fs::File::open("/proc/loadavg").and_then(|mut f| f.read_to_string(&mut s));
+    s.split_whitespace().take(3).collect::<Vec<_>>().join(" ")
+}
