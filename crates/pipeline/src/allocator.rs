@@ -41,7 +41,7 @@ pub fn add_to_toolchain(step: Step, sources: &Sources) -> Result<Step> {
         "-c".into(),
         "malloc.c".into(),
         "-o".into(),
-        "{out}/lib/malloc.o".into(),
+        repro::store::out_path(&format!("{}/malloc.o", crate::toolchain::LIB)),
     ]);
     Ok(step
         .source(SOURCE, mimalloc.path(), mimalloc.pin.tree)

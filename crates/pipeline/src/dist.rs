@@ -109,11 +109,11 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
 }
 
 /// Every step of a dist of `project`'s checkout with its derivation, without building
-/// anything (`project` must be [`Project::planning`]); the sources must be vendored.
+/// anything (`project` must be [`Project::planning`]); sources are vendored as for a build.
 pub fn plan(project: &Project) -> Result<Vec<(repro::Step, Artifact)>> {
     if !project.is_planning() {
         return Err(Error::new("dist::plan needs a planning project (Project::planning)"));
     }
-    build(project, &Options { offline: true, out_dir: Some(std::env::temp_dir()) })?;
+    build(project, &Options { offline: false, out_dir: Some(std::env::temp_dir()) })?;
     Ok(project.steps_run())
 }

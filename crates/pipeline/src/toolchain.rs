@@ -7,6 +7,7 @@
 //! `.dynsym`, and a RELRO constructor) that fix all three. It also compiles the allocator every
 //! link gets in place of musl's (see [`crate::allocator`]).
 
+use repro::store::{build_path, out_path, BUILD_DIR, OUT_DIR};
 use repro::{Artifact, Result, Step};
 
 use crate::project::{Project, RunIn, Sources};
@@ -15,6 +16,11 @@ use crate::project::{Project, RunIn, Sources};
 pub const MOUNT: &str = "toolchain";
 /// The compiler command configure scripts get (found on the step's PATH).
 pub const CC: &str = "x86_64-linux-musl-gcc";
+/// In the toolchain's output: the kernel headers, and the support libraries (and allocator).
+pub const KERNEL_HEADERS: &str = "kernel-headers";
+pub const LIB: &str = "lib";
+/// Where a step that compiles finds the specs, in its build directory.
+const SPECS: &str = "cc/x86_64-linux-musl.specs";
 
 const SPECS_IN: &str = include_str!("../../../toolchain/x86_64-linux-musl.specs.in");
 const WRAPPER_IN: &str = include_str!("../../../toolchain/x86_64-linux-musl-gcc.in");
@@ -35,20 +41,21 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .source("musl", musl.path(), musl.pin.tree)
         .source("linux-headers", headers.path(), headers.pin.tree);
-    step = with_compiler(step, "{out}");
+    step = with_compiler(step, OUT_DIR);
     for (name, text) in SUPPORT_SOURCES {
         step = step.file(format!("static-pie/{name}"), text, false);
     }
-    let prefix_map = "-ffile-prefix-map={build}=/build/toolchain";
-    let step = step.command("musl", ["./configure", "--prefix=/", "--disable-shared", "CC=gcc", &format!("CFLAGS=-O2 {prefix_map}")])
+    let prefix_map = format!("-ffile-prefix-map={BUILD_DIR}=/build/toolchain");
+    let step = step
+        .command("musl", ["./configure", "--prefix=/", "--disable-shared", "CC=gcc", &format!("CFLAGS=-O2 {prefix_map}")])
         .command("musl", ["make", "-j2"])
-        .command("musl", ["make", "install", "DESTDIR={out}"])
-        .command(".", ["mkdir", "-p", "{out}/kernel-headers", "{out}/lib"])
-        .command("linux-headers", ["cp", "-R", "linux", "asm-generic", "{out}/kernel-headers/"])
-        .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", "{out}/kernel-headers/asm"])
+        .command("musl", ["make", "install", &format!("DESTDIR={OUT_DIR}")])
+        .command(".", ["mkdir", "-p", &out_path(KERNEL_HEADERS), &out_path(LIB)])
+        .command("linux-headers", ["cp", "-R", "linux", "asm-generic", &format!("{}/", out_path(KERNEL_HEADERS))])
+        .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", &out_path(&format!("{KERNEL_HEADERS}/asm"))])
         .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
-        .command("static-pie", ["ar", "rcsD", "{out}/lib/libstaticpie.a", "dl_find_object.o", "dlsym.o"])
-        .command("static-pie", ["cp", "relro.o", "{out}/lib/relro.o"]);
+        .command("static-pie", ["ar", "rcsD", &out_path(&format!("{LIB}/libstaticpie.a")), "dl_find_object.o", "dlsym.o"])
+        .command("static-pie", ["cp", "relro.o", &out_path(&format!("{LIB}/relro.o"))]);
     crate::allocator::add_to_toolchain(step, sources)?.run_in(project)
 }
 
@@ -57,18 +64,18 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
 pub fn with_compiler(step: Step, root: &str) -> Step {
     let specs = SPECS_IN
         .replace("@MUSL_PREFIX@", root)
-        .replace("@KERNEL_HEADERS@", &format!("{root}/kernel-headers"))
-        .replace("@STATICPIE_LIB@", &format!("{root}/lib"));
+        .replace("@KERNEL_HEADERS@", &format!("{root}/{KERNEL_HEADERS}"))
+        .replace("@STATICPIE_LIB@", &format!("{root}/{LIB}"));
     // The build directory is mapped here, in the compiler command, rather than in CFLAGS:
     // OpenSSL records its CFLAGS in the binary (`OpenSSL_version(OPENSSL_CFLAGS)`). Without
     // -fno-canonical-system-headers gcc would record a system header by its real path (through
     // the toolchain mount's symlink) whenever that path is shorter, and the map would miss it.
     let wrapper = WRAPPER_IN
         .replace("@HOST_CC@", "/usr/bin/gcc")
-        .replace("@SPECS@", "{build}/cc/x86_64-linux-musl.specs -ffile-prefix-map={build}=/build -fno-canonical-system-headers");
-    step.template("cc/x86_64-linux-musl.specs", specs, false)
+        .replace("@SPECS@", &format!("{} -ffile-prefix-map={BUILD_DIR}=/build -fno-canonical-system-headers", build_path(SPECS)));
+    step.template(SPECS, specs, false)
         .template(format!("cc/bin/{CC}"), wrapper, true)
-        .env("PATH", "{build}/cc/bin:/usr/local/bin:/usr/bin:/bin")
+        .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", build_path("cc/bin")))
         .env("CC", CC)
 }
 
@@ -79,5 +86,5 @@ pub fn step_with_toolchain(name: &str, project: &Project, toolchain: &Artifact) 
         .input("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .dep(MOUNT, toolchain);
-    with_compiler(step, &format!("{{build}}/{MOUNT}"))
+    with_compiler(step, &build_path(MOUNT))
 }
