@@ -1,9 +1,9 @@
 //! Load benchmark: proxied requests per second through the two seed configurations, each
 //! measured with and without the feature an issue asks about.
 //!
-//! - Issue 4: conf/examples/embed-healthcheck.conf with its health checkers running, versus
+//! - conf/examples/embed-healthcheck.conf with its health checkers running, versus
 //!   the same file without its `init_worker_by_lua_block` (both strategies).
-//! - Issue 5: conf/examples/lualib-comprehensive.conf with the traffic status zone, versus
+//! - conf/examples/lualib-comprehensive.conf with the traffic status zone, versus
 //!   the same file without the `vhost_traffic_status_zone` line (lualib strategy); and the zone
 //!   with two `vhost_traffic_status_filter_by_set_key` filters ($uri, $remote_addr) versus the
 //!   file without the zone.
@@ -75,7 +75,7 @@ struct Row {
     probes: u64,
 }
 
-/// Issue 4: the embed seed with and without its health checkers.
+/// The embed seed with and without its health checkers.
 fn issue4_health_checkers(strategy: Strategy) -> Vec<Row> {
     let dir = temp_dir(&format!("bench-hc-{}", strategy.name()));
     let root = unpack_bundle(strategy, dir.path());
@@ -84,18 +84,14 @@ fn issue4_health_checkers(strategy: Strategy) -> Vec<Row> {
     let with = port_example(
         &root,
         "embed-healthcheck.conf",
-        &[
-            ("10.0.0.11:8080", backends.addr(0)),
-            ("10.0.0.12:8080", backends.addr(1)),
-            ("listen 80;", format!("listen 127.0.0.1:{port};")),
-        ],
+        &[("10.0.0.11:8080", backends.addr(0)), ("10.0.0.12:8080", backends.addr(1)), ("listen 80;", format!("listen 127.0.0.1:{port};"))],
     );
     let without = remove_block(&with, "init_worker_by_lua_block {");
     let pair = Pair { root: &root, backends: &backends, ports: vec![port], load_port: port, path: "/" };
-    pair.compare(("issue 4", strategy), ("with health checkers", &with), ("without", &without))
+    pair.compare(("health checks", strategy), ("with health checkers", &with), ("without", &without))
 }
 
-/// Issue 5: the lualib seed's comprehensive example with and without the traffic status zone.
+/// The lualib seed's comprehensive example with and without the traffic status zone.
 /// Load goes to /api/ (upstream foo, plain http); bar's peers speak TLS so that its https
 /// checker runs as in production, as the seed test does.
 fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
@@ -129,12 +125,8 @@ fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
         "    vhost_traffic_status_filter_by_set_key $uri uris::*;\n    \
          vhost_traffic_status_filter_by_set_key $remote_addr clients::*;\n",
     );
-    let mut rows = pair.compare(("issue 5", strategy), ("with traffic status zone", &with), ("without", &without));
-    rows.extend(pair.compare(
-        ("issue 5", strategy),
-        ("zone + 2 filter keys", &with_filters),
-        ("without", &without),
-    ));
+    let mut rows = pair.compare(("traffic status", strategy), ("with traffic status zone", &with), ("without", &without));
+    rows.extend(pair.compare(("traffic status", strategy), ("zone + 2 filter keys", &with_filters), ("without", &without)));
     rows
 }
 
@@ -190,7 +182,6 @@ impl Pair<'_> {
 // ---------------------------------------------------------------------------------------------
 // Configurations
 // ---------------------------------------------------------------------------------------------
-
 
 /// Removes the block that starts at the line containing `opening` (which ends in `{`) up to
 /// its matching `}`; the block's Lua contains no braces in strings, so counting them suffices.
@@ -265,11 +256,7 @@ impl Backends {
             e2e::tls::write_server_files(ca, &prefix.join("conf"), &["bar.internal"]);
         }
         let ports: Vec<u16> = (0..count).map(|_| free_port()).collect();
-        let servers: String = ports
-            .iter()
-            .enumerate()
-            .map(|(i, port)| backend_server(*port, tls.iter().any(|(_, j)| *j == i)))
-            .collect();
+        let servers: String = ports.iter().enumerate().map(|(i, port)| backend_server(*port, tls.iter().any(|(_, j)| *j == i))).collect();
         // The lualib binary loads resty.core at start, so it needs the bundle's package path.
         let lua_path = if prefix.join("lualib").exists() { pipeline::dist::LUA_PACKAGE_PATH } else { "" };
         // One worker: on 2 cores another one would only take CPU from the front nginx.
@@ -445,12 +432,8 @@ impl Conn {
         };
         let head = std::str::from_utf8(&self.buf[..head_end]).map_err(|_| bad("non-UTF-8 head"))?;
         let status = head.split(' ').nth(1).and_then(|s| s.parse().ok()).ok_or_else(|| bad("no status"))?;
-        let header = |name: &str| {
-            head.lines()
-                .filter_map(|l| l.split_once(':'))
-                .find(|(k, _)| k.eq_ignore_ascii_case(name))
-                .map(|(_, v)| v.trim().to_ascii_lowercase())
-        };
+        let header =
+            |name: &str| head.lines().filter_map(|l| l.split_once(':')).find(|(k, _)| k.eq_ignore_ascii_case(name)).map(|(_, v)| v.trim().to_ascii_lowercase());
         let length: usize = header("content-length").and_then(|v| v.parse().ok()).ok_or_else(|| bad("no Content-Length"))?;
         let close = header("connection").is_some_and(|v| v == "close");
         while self.buf.len() < head_end + length {

@@ -50,41 +50,11 @@ struct Workload {
 }
 
 const WORKLOADS: [Workload; 5] = [
-    Workload {
-        label: "proxy to 2 peers, new upstream connection per request",
-        key: "proxy",
-        https: false,
-        path: "/proxy",
-        close: false,
-    },
-    Workload {
-        label: "proxy to 2 peers, upstream keepalive",
-        key: "proxy_keepalive",
-        https: false,
-        path: "/proxy-keepalive",
-        close: false,
-    },
-    Workload {
-        label: "HTTPS keep-alive requests (ECDSA P-256)",
-        key: "https_keepalive",
-        https: true,
-        path: "/",
-        close: false,
-    },
-    Workload {
-        label: "new TLS connection per request",
-        key: "tls_new_connection",
-        https: true,
-        path: "/",
-        close: true,
-    },
-    Workload {
-        label: "content_by_lua_block { ngx.say(\"hi\") }",
-        key: "lua_say",
-        https: false,
-        path: "/lua",
-        close: false,
-    },
+    Workload { label: "proxy to 2 peers, new upstream connection per request", key: "proxy", https: false, path: "/proxy", close: false },
+    Workload { label: "proxy to 2 peers, upstream keepalive", key: "proxy_keepalive", https: false, path: "/proxy-keepalive", close: false },
+    Workload { label: "HTTPS keep-alive requests (ECDSA P-256)", key: "https_keepalive", https: true, path: "/", close: false },
+    Workload { label: "new TLS connection per request", key: "tls_new_connection", https: true, path: "/", close: true },
+    Workload { label: "content_by_lua_block { ngx.say(\"hi\") }", key: "lua_say", https: false, path: "/lua", close: false },
 ];
 
 /// How to run one nginx build.
@@ -103,15 +73,8 @@ fn main() {
     let rounds: usize = env_number("BENCH_ROUNDS", 3) as usize;
     let batch: u64 = env_number("BENCH_CALLGRIND_REQUESTS", 400);
     for tool in ["wrk", "curl", "valgrind", "apt-get", "dpkg-deb"] {
-        if Command::new("sh")
-            .args(["-c", "command -v \"$0\" >/dev/null", tool])
-            .status()
-            .map(|s| !s.success())
-            .unwrap_or(true)
-        {
-            panic!(
-                "the benchmark needs {tool} on PATH (Debian: apt-get install wrk curl valgrind)"
-            );
+        if Command::new("sh").args(["-c", "command -v \"$0\" >/dev/null", tool]).status().map(|s| !s.success()).unwrap_or(true) {
+            panic!("the benchmark needs {tool} on PATH (Debian: apt-get install wrk curl valgrind)");
         }
     }
     let target = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/bench");
@@ -121,16 +84,9 @@ fn main() {
     fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o755)).unwrap();
     let root = unpack_bundle(Strategy::Embed, dir.path());
     if let Ok(other) = std::env::var("BENCH_BINARY") {
-        fs::copy(&other, root.join("sbin/nginx"))
-            .unwrap_or_else(|e| panic!("BENCH_BINARY={other}: {e}"));
+        fs::copy(&other, root.join("sbin/nginx")).unwrap_or_else(|e| panic!("BENCH_BINARY={other}: {e}"));
     }
-    let ours = Stack {
-        name: "ours (embed)",
-        binary: root.join("sbin/nginx"),
-        env: vec![],
-        main: String::new(),
-        http: String::new(),
-    };
+    let ours = Stack { name: "ours (embed)", binary: root.join("sbin/nginx"), env: vec![], main: String::new(), http: String::new() };
     let ca = TestCa::new();
     let tls_dir = dir.path().join("tls");
     fs::create_dir_all(&tls_dir).unwrap();
@@ -141,20 +97,13 @@ fn main() {
         "worker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{}}}\n",
         peers.iter().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
     );
-    let _backends = Server::start(
-        &ours,
-        &dir.path().join("backends"),
-        &backend_conf,
-        &peers,
-        Duration::from_secs(15),
-    );
+    let _backends = Server::start(&ours, &dir.path().join("backends"), &backend_conf, &peers, Duration::from_secs(15));
 
     println!("# Versus Debian 12's nginx (nginx-extras' lua module), 127.0.0.1\n");
     println!("load average at start: {}", load_average());
     println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians\n");
     let stacks = [ours, debian];
-    let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> =
-        vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
+    let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
     {
         let servers: Vec<(Server, u16, u16)> = stacks
             .iter()
@@ -162,27 +111,13 @@ fn main() {
             .map(|(i, s)| {
                 let (http, https) = (free_port(), free_port());
                 let conf = front_conf(s, http, https, &peers, &tls_dir, false);
-                (
-                    Server::start(
-                        s,
-                        &dir.path().join(format!("front-{i}")),
-                        &conf,
-                        &[http, https],
-                        Duration::from_secs(15),
-                    ),
-                    http,
-                    https,
-                )
+                (Server::start(s, &dir.path().join(format!("front-{i}")), &conf, &[http, https], Duration::from_secs(15)), http, https)
             })
             .collect();
         for round in 0..rounds {
             for (w, workload) in WORKLOADS.iter().enumerate() {
                 // Alternate which stack goes first, so neither always runs on a warmer machine.
-                let order: Vec<usize> = if round % 2 == 0 {
-                    vec![0, 1]
-                } else {
-                    vec![1, 0]
-                };
+                let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
                 for s in order {
                     let (server, http, https) = &servers[s];
                     let port = if workload.https { *https } else { *http };
@@ -212,10 +147,7 @@ fn main() {
             curl(port, workload, batch);
             let total = server.callgrind_total();
             instructions[s][w] = total / batch as f64;
-            eprintln!(
-                "callgrind {:<14} {:<60} {:>9.0} instructions/request",
-                stack.name, workload.label, instructions[s][w]
-            );
+            eprintln!("callgrind {:<14} {:<60} {:>9.0} instructions/request", stack.name, workload.label, instructions[s][w]);
         }
     }
 
@@ -224,15 +156,9 @@ fn main() {
     let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
     let _ = writeln!(table, "|---|---|---|---|---|---|---|");
     for (w, workload) in WORKLOADS.iter().enumerate() {
-        let rps: Vec<f64> = (0..2)
-            .map(|s| median(runs[s][w].iter().map(|r| r.0).collect()))
-            .collect();
-        let cpu: Vec<f64> = (0..2)
-            .map(|s| median(runs[s][w].iter().map(|r| r.1).collect()))
-            .collect();
-        let faults: Vec<f64> = (0..2)
-            .map(|s| median(runs[s][w].iter().map(|r| r.2).collect()))
-            .collect();
+        let rps: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.0).collect())).collect();
+        let cpu: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.1).collect())).collect();
+        let faults: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.2).collect())).collect();
         let ratio = rps[0] / rps[1];
         let _ = writeln!(
             table,
@@ -265,7 +191,10 @@ fn main() {
             if w + 1 < WORKLOADS.len() { "," } else { "" }
         );
     }
-    let _ = write!(json, "  ],\n  \"seconds_per_run\": {seconds},\n  \"rounds\": {rounds},\n  \"connections\": {CONNECTIONS},\n  \"callgrind_requests\": {batch}\n}}\n");
+    let _ = write!(
+        json,
+        "  ],\n  \"seconds_per_run\": {seconds},\n  \"rounds\": {rounds},\n  \"connections\": {CONNECTIONS},\n  \"callgrind_requests\": {batch}\n}}\n"
+    );
     println!("{table}");
     println!("load average at end: {}", load_average());
     let json_path = target.join("versus-debian.json");
@@ -275,18 +204,8 @@ fn main() {
 
 /// The front configuration: the same for both stacks but for the lines that load Debian's
 /// dynamic modules and point its Lua search path at the unpacked packages.
-fn front_conf(
-    stack: &Stack,
-    http: u16,
-    https: u16,
-    peers: &[u16; 2],
-    tls_dir: &Path,
-    callgrind: bool,
-) -> String {
-    let servers: String = peers
-        .iter()
-        .map(|p| format!("    server 127.0.0.1:{p};\n"))
-        .collect();
+fn front_conf(stack: &Stack, http: u16, https: u16, peers: &[u16; 2], tls_dir: &Path, callgrind: bool) -> String {
+    let servers: String = peers.iter().map(|p| format!("    server 127.0.0.1:{p};\n")).collect();
     format!(
         "{main}{single}worker_processes 1;\npid logs/nginx.pid;\nerror_log logs/error.log warn;\n\
          events {{ worker_connections 4096; }}\n\
@@ -314,47 +233,21 @@ fn debian_nginx(cache: &Path) -> Stack {
     if !binary.exists() {
         let debs = cache.join("debs");
         fs::create_dir_all(&debs).unwrap();
-        let status = Command::new("apt-get")
-            .arg("download")
-            .args(DEBIAN_PACKAGES)
-            .current_dir(&debs)
-            .status()
-            .expect("run apt-get download");
-        assert!(
-            status.success(),
-            "apt-get download {} failed in {}",
-            DEBIAN_PACKAGES.join(" "),
-            debs.display()
-        );
-        for deb in fs::read_dir(&debs)
-            .unwrap()
-            .flatten()
-            .map(|e| e.path())
-            .filter(|p| p.extension().is_some_and(|x| x == "deb"))
-        {
-            let status = Command::new("dpkg-deb")
-                .arg("-x")
-                .arg(&deb)
-                .arg(&root)
-                .status()
-                .expect("run dpkg-deb");
+        let status = Command::new("apt-get").arg("download").args(DEBIAN_PACKAGES).current_dir(&debs).status().expect("run apt-get download");
+        assert!(status.success(), "apt-get download {} failed in {}", DEBIAN_PACKAGES.join(" "), debs.display());
+        for deb in fs::read_dir(&debs).unwrap().flatten().map(|e| e.path()).filter(|p| p.extension().is_some_and(|x| x == "deb")) {
+            let status = Command::new("dpkg-deb").arg("-x").arg(&deb).arg(&root).status().expect("run dpkg-deb");
             assert!(status.success(), "dpkg-deb -x {} failed", deb.display());
         }
     }
-    let libs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"]
-        .map(|d| root.join(d).display().to_string())
-        .join(":");
+    let libs = ["lib/x86_64-linux-gnu", "usr/lib/x86_64-linux-gnu"].map(|d| root.join(d).display().to_string()).join(":");
     let modules = root.join("usr/lib/nginx/modules");
     let lua = root.join("usr/share/lua/5.1");
     Stack {
         name: "Debian",
         binary,
         env: vec![("LD_LIBRARY_PATH".into(), libs)],
-        main: format!(
-            "load_module {}/ndk_http_module.so;\nload_module {}/ngx_http_lua_module.so;\n",
-            modules.display(),
-            modules.display()
-        ),
+        main: format!("load_module {}/ndk_http_module.so;\nload_module {}/ngx_http_lua_module.so;\n", modules.display(), modules.display()),
         http: format!("  lua_package_path \"{}/?.lua;;\";\n", lua.display()),
     }
 }
@@ -374,34 +267,13 @@ impl Server {
     fn start_callgrind(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16]) -> Server {
         let out = prefix.join("callgrind.out");
         let mut cmd = Command::new("valgrind");
-        cmd.args([
-            "--tool=callgrind",
-            "--vgdb=no",
-            "--dump-line=no",
-            "--toggle-collect=ngx_process_events_and_timers",
-        ])
-        .arg(format!("--callgrind-out-file={}", out.display()))
-        .arg(&stack.binary);
-        Server::launch(
-            stack,
-            prefix,
-            conf,
-            ports,
-            Duration::from_secs(180),
-            &mut cmd,
-            Some(out),
-        )
+        cmd.args(["--tool=callgrind", "--vgdb=no", "--dump-line=no", "--toggle-collect=ngx_process_events_and_timers"])
+            .arg(format!("--callgrind-out-file={}", out.display()))
+            .arg(&stack.binary);
+        Server::launch(stack, prefix, conf, ports, Duration::from_secs(180), &mut cmd, Some(out))
     }
 
-    fn launch(
-        stack: &Stack,
-        prefix: &Path,
-        conf: &str,
-        ports: &[u16],
-        limit: Duration,
-        cmd: &mut Command,
-        callgrind_out: Option<PathBuf>,
-    ) -> Server {
+    fn launch(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16], limit: Duration, cmd: &mut Command, callgrind_out: Option<PathBuf>) -> Server {
         for d in ["conf", "logs", "temp"] {
             fs::create_dir_all(prefix.join(d)).unwrap();
         }
@@ -409,33 +281,19 @@ impl Server {
         let child = cmd
             .arg("-p")
             .arg(prefix)
-            .args([
-                "-c",
-                "conf/nginx.conf",
-                "-e",
-                "logs/error.log",
-                "-g",
-                "daemon off;",
-            ])
+            .args(["-c", "conf/nginx.conf", "-e", "logs/error.log", "-g", "daemon off;"])
             .envs(stack.env.iter().map(|(k, v)| (k, v)))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
             .unwrap_or_else(|e| panic!("cannot start {}: {e}", stack.binary.display()));
-        let mut server = Server {
-            child,
-            callgrind_out,
-        };
+        let mut server = Server { child, callgrind_out };
         let deadline = Instant::now() + limit;
         for &port in ports {
             while TcpStream::connect(("127.0.0.1", port)).is_err() {
                 if server.child.try_wait().unwrap().is_some() || Instant::now() > deadline {
-                    panic!(
-                        "{} did not listen on 127.0.0.1:{port}:\n{}",
-                        stack.name,
-                        fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default()
-                    );
+                    panic!("{} did not listen on 127.0.0.1:{port}:\n{}", stack.name, fs::read_to_string(prefix.join("logs/error.log")).unwrap_or_default());
                 }
                 sleep(Duration::from_millis(50));
             }
@@ -447,24 +305,14 @@ impl Server {
     /// child).
     fn worker_usage(&self) -> (f64, f64) {
         let pid = self.child.id();
-        let children =
-            fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let worker = children
-            .split_whitespace()
-            .next()
-            .map(str::to_owned)
-            .unwrap_or_else(|| pid.to_string());
+        let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        let worker = children.split_whitespace().next().map(str::to_owned).unwrap_or_else(|| pid.to_string());
         let stat = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
         // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
         // stime 15.
         let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
         let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| {
-            fields
-                .get(i)
-                .and_then(|f| f.parse::<f64>().ok())
-                .unwrap_or(0.0)
-        };
+        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
         ((ticks(11) + ticks(12)) / clock_ticks(), ticks(7))
     }
 
@@ -472,13 +320,9 @@ impl Server {
     fn callgrind_total(mut self) -> f64 {
         let out = self.callgrind_out.take().expect("a server under callgrind");
         quit(&mut self.child, Duration::from_secs(120));
-        let text = fs::read_to_string(&out)
-            .unwrap_or_else(|e| panic!("callgrind wrote no {}: {e}", out.display()));
+        let text = fs::read_to_string(&out).unwrap_or_else(|e| panic!("callgrind wrote no {}: {e}", out.display()));
         text.lines()
-            .find_map(|l| {
-                l.strip_prefix("summary: ")
-                    .or_else(|| l.strip_prefix("totals: "))
-            })
+            .find_map(|l| l.strip_prefix("summary: ").or_else(|| l.strip_prefix("totals: ")))
             .and_then(|v| v.trim().parse().ok())
             .unwrap_or_else(|| panic!("no callgrind summary in {}", out.display()))
     }
@@ -489,9 +333,7 @@ fn quit(child: &mut Child, limit: Duration) {
     if let Ok(Some(_)) = child.try_wait() {
         return;
     }
-    let _ = Command::new("kill")
-        .args(["-QUIT", &child.id().to_string()])
-        .status();
+    let _ = Command::new("kill").args(["-QUIT", &child.id().to_string()]).status();
     let deadline = Instant::now() + limit;
     while Instant::now() < deadline {
         if let Ok(Some(_)) = child.try_wait() {
@@ -541,21 +383,9 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
     let after = server.worker_usage();
     let (cpu, faults) = (after.0 - before.0, after.1 - before.1);
     let text = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "wrk {url} failed:\n{text}{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let requests: f64 = text
-        .lines()
-        .find_map(|l| l.trim().split_once(" requests in "))
-        .and_then(|(n, _)| n.trim().parse().ok())
-        .unwrap_or(0.0);
-    let rps: f64 = text
-        .lines()
-        .find_map(|l| l.trim().strip_prefix("Requests/sec:"))
-        .and_then(|v| v.trim().parse().ok())
-        .unwrap_or(0.0);
+    assert!(out.status.success(), "wrk {url} failed:\n{text}{}", String::from_utf8_lossy(&out.stderr));
+    let requests: f64 = text.lines().find_map(|l| l.trim().split_once(" requests in ")).and_then(|(n, _)| n.trim().parse().ok()).unwrap_or(0.0);
+    let rps: f64 = text.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:")).and_then(|v| v.trim().parse().ok()).unwrap_or(0.0);
     if text.contains("Non-2xx") || (text.contains("Socket errors") && !workload.close) {
         eprintln!("wrk {url}:\n{text}");
     }
@@ -572,10 +402,7 @@ fn clock_ticks() -> f64 {
 }
 
 fn env_number(name: &str, default: u64) -> u64 {
-    std::env::var(name)
-        .ok()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(default)
+    std::env::var(name).ok().and_then(|v| v.parse().ok()).unwrap_or(default)
 }
 
 fn median(mut values: Vec<f64>) -> f64 {

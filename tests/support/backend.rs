@@ -106,10 +106,7 @@ impl Backend {
         });
         let acceptor = {
             let shared = shared.clone();
-            thread::Builder::new()
-                .name(format!("backend-{name}"))
-                .spawn(move || accept_loop(shared, listener))
-                .expect("spawn a backend thread")
+            thread::Builder::new().name(format!("backend-{name}")).spawn(move || accept_loop(shared, listener)).expect("spawn a backend thread")
         };
         Backend { shared, acceptor: Some(acceptor) }
     }
@@ -321,11 +318,8 @@ fn handle(shared: &Shared, stream: TcpStream, _peer: SocketAddr) -> std::io::Res
     match mode {
         Mode::Status(code) => {
             let body = format!("backend={} port={} path={}\n", shared.name, shared.port, path);
-            let reply = format!(
-                "HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                reason(code),
-                body.len()
-            );
+            let reply =
+                format!("HTTP/1.1 {code} {}\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}", reason(code), body.len());
             conn.write_all(reply.as_bytes())?;
             conn.flush()?;
         }

@@ -69,15 +69,7 @@ impl Nginx {
 
     /// Runs `sbin/nginx -p prefix -c conf -s SIGNAL`.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new(self.prefix.join("sbin/nginx"))
-            .arg("-p")
-            .arg(&self.prefix)
-            .arg("-c")
-            .arg(&self.conf)
-            .arg("-s")
-            .arg(signal)
-            .status()
-            .unwrap();
+        let status = Command::new(self.prefix.join("sbin/nginx")).arg("-p").arg(&self.prefix).arg("-c").arg(&self.conf).arg("-s").arg(signal).status().unwrap();
         assert!(status.success(), "nginx -s {signal} failed:\n{}", self.error_log());
     }
 

@@ -8,17 +8,8 @@ use e2e::{dist, free_port, http, temp_dir, unpack_bundle, Nginx, Strategy};
 
 /// The defined (text) symbols of an unstripped binary, by name.
 fn text_symbols(binary: &std::path::Path) -> Vec<String> {
-    let out = Command::new("nm")
-        .arg("--defined-only")
-        .arg(binary)
-        .output()
-        .expect("run nm");
-    assert!(
-        out.status.success(),
-        "nm {} failed: {}",
-        binary.display(),
-        String::from_utf8_lossy(&out.stderr)
-    );
+    let out = Command::new("nm").arg("--defined-only").arg(binary).output().expect("run nm");
+    assert!(out.status.success(), "nm {} failed: {}", binary.display(), String::from_utf8_lossy(&out.stderr));
     String::from_utf8_lossy(&out.stdout)
         .lines()
         .filter_map(|l| {
@@ -32,11 +23,7 @@ fn text_symbols(binary: &std::path::Path) -> Vec<String> {
 #[test]
 fn mimalloc_provides_every_malloc_entry_point_and_mallocng_is_absent() {
     // The compile step keeps the unstripped link of the binary both strategies ship.
-    let compiled = dist()
-        .steps
-        .iter()
-        .find(|s| s.name == "nginx")
-        .expect("the nginx compile step");
+    let compiled = dist().steps.iter().find(|s| s.name == "nginx").expect("the nginx compile step");
     let symbols = text_symbols(&compiled.path.join("tree/nginx/objs/nginx"));
     let has = |name: &str| symbols.iter().any(|s| s == name);
     for name in ["mi_malloc", "mi_free", "_mi_process_init"] {
@@ -61,18 +48,8 @@ fn mimalloc_provides_every_malloc_entry_point_and_mallocng_is_absent() {
     }
     // mallocng's and musl's bootstrap allocator's own functions: if any member of libc.a's
     // malloc were pulled in, some of these would be there.
-    for name in [
-        "__libc_malloc_impl",
-        "__malloc_alloc_meta",
-        "alloc_slot",
-        "__malloc_donate",
-        "__simple_malloc",
-        "default_malloc",
-    ] {
-        assert!(
-            !has(name),
-            "musl's allocator function {name} is linked into nginx beside mimalloc"
-        );
+    for name in ["__libc_malloc_impl", "__malloc_alloc_meta", "alloc_slot", "__malloc_donate", "__simple_malloc", "default_malloc"] {
+        assert!(!has(name), "musl's allocator function {name} is linked into nginx beside mimalloc");
     }
 }
 
@@ -101,20 +78,12 @@ fn serving_workers_allocate_through_mimalloc() {
         let worker_pids = nginx.worker_pids();
         assert_eq!(worker_pids.len(), 1, "[{}] one worker", strategy.name());
         let status = nginx.quit();
-        assert!(
-            status.success(),
-            "[{}] nginx exited with {status}",
-            strategy.name()
-        );
+        assert!(status.success(), "[{}] nginx exited with {status}", strategy.name());
         let log = std::fs::read_to_string(root.join("logs/error.log")).unwrap();
         // One report per process: the worker's (the one that served) and the master's.
         let stats = log.matches("heap stats:").count();
         assert!(stats >= 2, "[{}] expected mimalloc's exit statistics from the worker and the master, found {stats}:\n{log}", strategy.name());
-        assert!(
-            log.contains("committed:"),
-            "[{}] mimalloc committed no memory:\n{log}",
-            strategy.name()
-        );
+        assert!(log.contains("committed:"), "[{}] mimalloc committed no memory:\n{log}", strategy.name());
     }
 }
 
@@ -127,18 +96,7 @@ fn a_program_without_threads_of_its_own_still_unwinds_and_compiles_traces() {
     let script = "local s = 0 for i = 1, 100000 do s = s + i % 7 end \
                   local ok, err = pcall(error, 'boom') \
                   io.write(s, ' ', tostring(ok), ' ', err, ' ', tostring(jit.status()), '\\n')";
-    let out = Command::new(layout.luajit())
-        .args(["-e", script])
-        .output()
-        .expect("run luajit");
-    assert!(
-        out.status.success(),
-        "luajit failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert_eq!(
-        String::from_utf8_lossy(&out.stdout),
-        "300000 false boom true\n"
-    );
+    let out = Command::new(layout.luajit()).args(["-e", script]).output().expect("run luajit");
+    assert!(out.status.success(), "luajit failed ({}): {}", out.status, String::from_utf8_lossy(&out.stderr));
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "300000 false boom true\n");
 }

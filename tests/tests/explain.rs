@@ -47,7 +47,12 @@ fn the_code_inside_a_step_is_in_its_key_and_in_no_step_upstream() {
     for d in &plan {
         let bundle = d.name.starts_with("bundle-");
         assert_eq!(d.code.get("repro/src/archive.rs"), bundle.then(|| hash("repro/src/archive.rs")).as_ref(), "{}: the tar writer", d.name);
-        assert_eq!(d.code.get("luabc/src/output.rs"), (d.name == "lua-bytecode").then(|| hash("luabc/src/output.rs")).as_ref(), "{}: the object writer", d.name);
+        assert_eq!(
+            d.code.get("luabc/src/output.rs"),
+            (d.name == "lua-bytecode").then(|| hash("luabc/src/output.rs")).as_ref(),
+            "{}: the object writer",
+            d.name
+        );
         assert_eq!(d.code.get("repro/src/store/executor.rs"), Some(&hash("repro/src/store/executor.rs")), "{}: the executor", d.name);
     }
 }

@@ -7,8 +7,7 @@ use std::thread::sleep;
 use std::time::{Duration, Instant};
 
 use e2e::backend::{Backend, Mode, TestCa};
-use e2e::{free_port, port_example, http, temp_dir, unpack_bundle, Nginx, Strategy};
-
+use e2e::{free_port, http, port_example, temp_dir, unpack_bundle, Nginx, Strategy};
 
 /// Polls `cond` every 50 ms until it holds or `limit` passes; returns the time it took.
 fn wait_for(limit: Duration, mut cond: impl FnMut() -> bool) -> Option<Duration> {
@@ -33,15 +32,16 @@ fn embed_seed_turns_a_failing_peer_down_and_up() {
         let conf = port_example(
             &root,
             "embed-healthcheck.conf",
-            &[
-                ("10.0.0.11:8080", a.addr()),
-                ("10.0.0.12:8080", b.addr()),
-                ("listen 80;", format!("listen 127.0.0.1:{port};")),
-            ],
+            &[("10.0.0.11:8080", a.addr()), ("10.0.0.12:8080", b.addr()), ("listen 80;", format!("listen 127.0.0.1:{port};"))],
         );
         let nginx = Nginx::start(&root, &conf, &[port]);
         // both peers are probed (GET /healthz) before the test changes anything
-        assert!(a.wait_probes(1, Duration::from_secs(10)) && b.wait_probes(1, Duration::from_secs(10)), "[{}] no probes:\n{}", strategy.name(), nginx.error_log());
+        assert!(
+            a.wait_probes(1, Duration::from_secs(10)) && b.wait_probes(1, Duration::from_secs(10)),
+            "[{}] no probes:\n{}",
+            strategy.name(),
+            nginx.error_log()
+        );
         assert!(!nginx.error_log().contains("failed to spawn health checker"), "[{}] {}", strategy.name(), nginx.error_log());
 
         b.set_mode(Mode::ERROR);

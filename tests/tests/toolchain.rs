@@ -107,7 +107,21 @@ int main(void) {
         .dep("luajit", &tc.luajit)
         .file("main.c", main, false)
         .file("greet.o", object, false)
-        .command(".", ["x86_64-linux-musl-gcc", "-O2", &format!("-I{lj}/include/luajit-2.1"), "main.c", "greet.o", &format!("{lj}/lib/libluajit-5.1.a"), "-Wl,-E", "-lm", "-o", "{out}/prog"])
+        .command(
+            ".",
+            [
+                "x86_64-linux-musl-gcc",
+                "-O2",
+                &format!("-I{lj}/include/luajit-2.1"),
+                "main.c",
+                "greet.o",
+                &format!("{lj}/lib/libluajit-5.1.a"),
+                "-Wl,-E",
+                "-lm",
+                "-o",
+                "{out}/prog",
+            ],
+        )
         .run(&tc.project.store)
         .unwrap_or_else(|e| panic!("{e}"));
     let binary = program.path.join("prog");

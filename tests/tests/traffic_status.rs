@@ -1,4 +1,4 @@
-//! Issue 5: the project's vhost traffic status module (`modules/ngx_http_vhost_traffic_status`).
+//! The project's vhost traffic status module (`modules/ngx_http_vhost_traffic_status`).
 //!
 //! Every test starts the real static nginx from a release bundle with two workers and talks to
 //! it on 127.0.0.1 only. Upstream peers are extra `server` blocks of the same nginx (with
@@ -78,10 +78,7 @@ fn run_plan(port: u16, plan: &[(&str, &str)], threads: usize) -> Vec<u16> {
             });
         }
     });
-    statuses
-        .iter()
-        .map(|s| s.load(Ordering::SeqCst) as u16)
-        .collect()
+    statuses.iter().map(|s| s.load(Ordering::SeqCst) as u16).collect()
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -105,39 +102,19 @@ struct Exposition {
 impl Exposition {
     /// The value of the series `name{labels}` (labels compared as a set).
     fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeSet<(String, String)> = labels
-            .iter()
-            .map(|(k, v)| (k.to_string(), v.to_string()))
-            .collect();
-        self.samples
-            .iter()
-            .find(|s| s.name == name && s.labels.iter().cloned().collect::<BTreeSet<_>>() == want)
-            .map(|s| s.value)
+        let want: BTreeSet<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        self.samples.iter().find(|s| s.name == name && s.labels.iter().cloned().collect::<BTreeSet<_>>() == want).map(|s| s.value)
     }
 
     fn int(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let v = self
-            .value(name, labels)
-            .unwrap_or_else(|| panic!("no series {name}{labels:?}"));
-        assert!(
-            v >= 0.0 && v.fract() == 0.0,
-            "{name}{labels:?} = {v} is not a count"
-        );
+        let v = self.value(name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?}"));
+        assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v} is not a count");
         v as u64
     }
 
     /// Distinct values of `label` among the samples of `name`.
     fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
-        self.samples
-            .iter()
-            .filter(|s| s.name == name)
-            .filter_map(|s| {
-                s.labels
-                    .iter()
-                    .find(|(k, _)| k == label)
-                    .map(|(_, v)| v.clone())
-            })
-            .collect()
+        self.samples.iter().filter(|s| s.name == name).filter_map(|s| s.labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone())).collect()
     }
 }
 
@@ -162,63 +139,31 @@ fn parse_prometheus(text: &str) -> Exposition {
             let mut it = rest.split(' ');
             let name = it.next().unwrap().to_string();
             let kind = it.next().expect("TYPE has a type").to_string();
-            assert!(
-                ["counter", "gauge", "histogram"].contains(&kind.as_str()),
-                "type {kind}"
-            );
+            assert!(["counter", "gauge", "histogram"].contains(&kind.as_str()), "type {kind}");
             assert!(helps.contains(&name), "TYPE {name} without HELP before it");
-            assert_eq!(
-                current.as_deref(),
-                Some(name.as_str()),
-                "HELP and TYPE of {name} are adjacent"
-            );
-            assert!(
-                !families.iter().any(|(n, _)| *n == name),
-                "family {name} declared twice"
-            );
+            assert_eq!(current.as_deref(), Some(name.as_str()), "HELP and TYPE of {name} are adjacent");
+            assert!(!families.iter().any(|(n, _)| *n == name), "family {name} declared twice");
             families.push((name, kind));
             continue;
         }
-        assert!(
-            !line.starts_with('#') && !line.is_empty(),
-            "unexpected line {line:?}"
-        );
-        let (series, value) = line
-            .rsplit_once(' ')
-            .unwrap_or_else(|| panic!("no value in {line:?}"));
-        let value: f64 = value
-            .parse()
-            .unwrap_or_else(|_| panic!("bad value in {line:?}"));
+        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
+        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
+        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
         let (name, labels) = match series.split_once('{') {
             None => (series.to_string(), Vec::new()),
-            Some((name, rest)) => (
-                name.to_string(),
-                parse_labels(rest.strip_suffix('}').expect("labels end with }"), line),
-            ),
+            Some((name, rest)) => (name.to_string(), parse_labels(rest.strip_suffix('}').expect("labels end with }"), line)),
         };
-        assert!(
-            name.chars()
-                .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':')
-                && !name.is_empty(),
-            "bad metric name in {line:?}"
-        );
+        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !name.is_empty(), "bad metric name in {line:?}");
         let in_family = match families.last() {
-            Some((family, kind)) if kind == "histogram" => ["_bucket", "_sum", "_count"]
-                .iter()
-                .any(|suffix| name.strip_suffix(suffix) == Some(family.as_str())),
+            Some((family, kind)) if kind == "histogram" => {
+                ["_bucket", "_sum", "_count"].iter().any(|suffix| name.strip_suffix(suffix) == Some(family.as_str()))
+            }
             Some((family, _)) => *family == name,
             None => false,
         };
-        assert!(
-            in_family,
-            "sample {line:?} is not inside its family's block"
-        );
+        assert!(in_family, "sample {line:?} is not inside its family's block");
         assert!(seen.insert(series.to_string()), "duplicate series {series}");
-        samples.push(Sample {
-            name,
-            labels,
-            value,
-        });
+        samples.push(Sample { name, labels, value });
     }
     Exposition { families, samples }
 }
@@ -237,10 +182,7 @@ fn parse_labels(text: &str, line: &str) -> Vec<(String, String)> {
         assert_eq!(chars.next(), Some('"'), "label value is quoted in {line:?}");
         let mut value = String::new();
         loop {
-            match chars
-                .next()
-                .unwrap_or_else(|| panic!("unterminated label value in {line:?}"))
-            {
+            match chars.next().unwrap_or_else(|| panic!("unterminated label value in {line:?}")) {
                 '"' => break,
                 '\\' => match chars.next() {
                     Some('\\') => value.push('\\'),
@@ -252,10 +194,7 @@ fn parse_labels(text: &str, line: &str) -> Vec<(String, String)> {
                 c => value.push(c),
             }
         }
-        assert!(
-            labels.iter().all(|(k, _)| *k != key),
-            "label {key} twice in {line:?}"
-        );
+        assert!(labels.iter().all(|(k, _)| *k != key), "label {key} twice in {line:?}");
         labels.push((key, value));
         match chars.next() {
             None => break,
@@ -283,10 +222,7 @@ enum Json {
 
 impl Json {
     fn parse(text: &str) -> Json {
-        let mut p = JsonParser {
-            s: text.as_bytes(),
-            i: 0,
-        };
+        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
         let v = p.value();
         p.ws();
         assert_eq!(p.i, p.s.len(), "trailing data after the JSON document");
@@ -294,8 +230,7 @@ impl Json {
     }
 
     fn get(&self, key: &str) -> &Json {
-        self.try_get(key)
-            .unwrap_or_else(|| panic!("no key {key:?} in {self:?}"))
+        self.try_get(key).unwrap_or_else(|| panic!("no key {key:?} in {self:?}"))
     }
 
     fn try_get(&self, key: &str) -> Option<&Json> {
@@ -347,18 +282,11 @@ impl JsonParser<'_> {
     }
 
     fn peek(&self) -> u8 {
-        *self
-            .s
-            .get(self.i)
-            .unwrap_or_else(|| panic!("JSON ends early"))
+        *self.s.get(self.i).unwrap_or_else(|| panic!("JSON ends early"))
     }
 
     fn eat(&mut self, lit: &str) {
-        assert!(
-            self.s[self.i..].starts_with(lit.as_bytes()),
-            "expected {lit:?} at byte {}",
-            self.i
-        );
+        assert!(self.s[self.i..].starts_with(lit.as_bytes()), "expected {lit:?} at byte {}", self.i);
         self.i += lit.len();
     }
 
@@ -376,10 +304,7 @@ impl JsonParser<'_> {
                 loop {
                     self.ws();
                     let key = self.string();
-                    assert!(
-                        members.iter().all(|(k, _)| *k != key),
-                        "duplicate key {key:?}"
-                    );
+                    assert!(members.iter().all(|(k, _)| *k != key), "duplicate key {key:?}");
                     self.ws();
                     self.eat(":");
                     let v = self.value();
@@ -431,19 +356,11 @@ impl JsonParser<'_> {
             }
             _ => {
                 let start = self.i;
-                while self.i < self.s.len()
-                    && matches!(
-                        self.s[self.i],
-                        b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9'
-                    )
-                {
+                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
                     self.i += 1;
                 }
                 let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                Json::Num(
-                    text.parse()
-                        .unwrap_or_else(|_| panic!("bad number {text:?} at byte {start}")),
-                )
+                Json::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text:?} at byte {start}")))
             }
         }
     }
@@ -482,8 +399,7 @@ impl JsonParser<'_> {
                                 assert!((0xdc00..0xe000).contains(&lo), "lone surrogate");
                                 cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
                             }
-                            let ch = char::from_u32(cp)
-                                .unwrap_or_else(|| panic!("bad code point {cp:x}"));
+                            let ch = char::from_u32(cp).unwrap_or_else(|| panic!("bad code point {cp:x}"));
                             out.extend_from_slice(ch.to_string().as_bytes());
                         }
                         _ => panic!("bad escape \\{}", e as char),
@@ -529,84 +445,42 @@ struct Expected {
 
 /// Reads `logs/vts_access.log` (format [`LOG_FORMAT`]); `key` maps `($server_name, $host)` to
 /// the server zone, `group` maps `$uri` to the upstream group.
-fn expected_from_log(
-    prefix: &Path,
-    key: impl Fn(&str, &str) -> String,
-    group: impl Fn(&str) -> String,
-) -> Expected {
-    let log =
-        std::fs::read_to_string(prefix.join("logs/vts_access.log")).expect("read the access log");
+fn expected_from_log(prefix: &Path, key: impl Fn(&str, &str) -> String, group: impl Fn(&str) -> String) -> Expected {
+    let log = std::fs::read_to_string(prefix.join("logs/vts_access.log")).expect("read the access log");
     let mut servers: BTreeMap<String, Counts> = BTreeMap::new();
     let mut upstreams: BTreeMap<(String, String), Counts> = BTreeMap::new();
     for line in log.lines() {
         let f: Vec<&str> = line.split('|').collect();
         assert_eq!(f.len(), 8, "log line {line:?}");
-        let (status, rlen, sent): (u64, u64, u64) = (
-            f[2].parse().unwrap(),
-            f[3].parse().unwrap(),
-            f[4].parse().unwrap(),
-        );
+        let (status, rlen, sent): (u64, u64, u64) = (f[2].parse().unwrap(), f[3].parse().unwrap(), f[4].parse().unwrap());
         let zone = key(f[0], f[1]);
         servers.entry(zone).or_default().add(status, rlen, sent);
-        servers
-            .entry("*".into())
-            .or_default()
-            .add(status, rlen, sent);
+        servers.entry("*".into()).or_default().add(status, rlen, sent);
         if f[5] != "-" {
-            assert!(
-                !f[5].contains(','),
-                "one upstream attempt per request in this plan: {line:?}"
-            );
+            assert!(!f[5].contains(','), "one upstream attempt per request in this plan: {line:?}");
             let ustatus: u64 = f[6].parse().unwrap();
-            upstreams
-                .entry((group(f[7]), f[5].to_string()))
-                .or_default()
-                .add(ustatus, rlen, sent);
+            upstreams.entry((group(f[7]), f[5].to_string())).or_default().add(ustatus, rlen, sent);
         }
     }
     Expected { servers, upstreams }
 }
 
 fn prom_server_counts(e: &Exposition, host: &str) -> Counts {
-    let code = |c: &str| {
-        e.int(
-            "nginx_vts_server_requests_total",
-            &[("host", host), ("code", c)],
-        )
-    };
+    let code = |c: &str| e.int("nginx_vts_server_requests_total", &[("host", host), ("code", c)]);
     Counts {
         total: code("total"),
-        classes: [
-            code("1xx"),
-            code("2xx"),
-            code("3xx"),
-            code("4xx"),
-            code("5xx"),
-        ],
-        bytes_in: e.int(
-            "nginx_vts_server_bytes_total",
-            &[("host", host), ("direction", "in")],
-        ),
-        bytes_out: e.int(
-            "nginx_vts_server_bytes_total",
-            &[("host", host), ("direction", "out")],
-        ),
+        classes: [code("1xx"), code("2xx"), code("3xx"), code("4xx"), code("5xx")],
+        bytes_in: e.int("nginx_vts_server_bytes_total", &[("host", host), ("direction", "in")]),
+        bytes_out: e.int("nginx_vts_server_bytes_total", &[("host", host), ("direction", "out")]),
     }
 }
 
 fn prom_upstream_counts(e: &Exposition, upstream: &str, backend: &str) -> Counts {
-    let l =
-        |extra: (&'static str, &'static str)| [("upstream", upstream), ("backend", backend), extra];
+    let l = |extra: (&'static str, &'static str)| [("upstream", upstream), ("backend", backend), extra];
     let code = |c: &'static str| e.int("nginx_vts_upstream_requests_total", &l(("code", c)));
     Counts {
         total: code("total"),
-        classes: [
-            code("1xx"),
-            code("2xx"),
-            code("3xx"),
-            code("4xx"),
-            code("5xx"),
-        ],
+        classes: [code("1xx"), code("2xx"), code("3xx"), code("4xx"), code("5xx")],
         bytes_in: e.int("nginx_vts_upstream_bytes_total", &l(("direction", "in"))),
         bytes_out: e.int("nginx_vts_upstream_bytes_total", &l(("direction", "out"))),
     }
@@ -616,13 +490,7 @@ fn json_counts(zone: &Json) -> Counts {
     let r = zone.get("responses");
     Counts {
         total: zone.get("requestCounter").u64(),
-        classes: [
-            r.get("1xx").u64(),
-            r.get("2xx").u64(),
-            r.get("3xx").u64(),
-            r.get("4xx").u64(),
-            r.get("5xx").u64(),
-        ],
+        classes: [r.get("1xx").u64(), r.get("2xx").u64(), r.get("3xx").u64(), r.get("4xx").u64(), r.get("5xx").u64()],
         bytes_in: zone.get("inBytes").u64(),
         bytes_out: zone.get("outBytes").u64(),
     }
@@ -735,11 +603,7 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
         assert_eq!(prom.status, 200);
         assert_eq!(prom.header("Content-Type"), Some("text/plain"));
         let e = parse_prometheus(&prom.body);
-        let families: Vec<(&str, &str)> = e
-            .families
-            .iter()
-            .map(|(n, t)| (n.as_str(), t.as_str()))
-            .collect();
+        let families: Vec<(&str, &str)> = e.families.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
         assert_eq!(families, PROM_FAMILIES, "metric families and their order");
 
         let json_resp = http::get(status_port, "/status/format/json");
@@ -768,20 +632,9 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
             },
         );
         let planned = |host: &str| exp.servers.get(host).map(|c| c.total).unwrap_or(0);
-        assert_eq!(
-            planned("a.test"),
-            5 * (8 + 2 + 3 + 2 + 3 + 2 + 1 + 2),
-            "access log holds the plan"
-        );
+        assert_eq!(planned("a.test"), 5 * (8 + 2 + 3 + 2 + 3 + 2 + 1 + 2), "access log holds the plan");
         assert_eq!(planned("c.test"), 20);
-        assert_eq!(
-            (
-                planned("x1.d.test"),
-                planned("x2.d.test"),
-                planned("d.test")
-            ),
-            (15, 10, 5)
-        );
+        assert_eq!((planned("x1.d.test"), planned("x2.d.test"), planned("d.test")), (15, 10, 5));
 
         // /off requests are in the access log but must not be counted
         let mut exp_servers = exp.servers.clone();
@@ -809,77 +662,30 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
         let prom_hosts = e.label_values("nginx_vts_server_requests_total", "host");
         let exp_hosts: BTreeSet<String> = exp_servers.keys().cloned().collect();
         assert_eq!(prom_hosts, exp_hosts, "server zones in Prometheus");
-        let json_hosts: BTreeSet<String> = j
-            .get("serverZones")
-            .keys()
-            .into_iter()
-            .map(String::from)
-            .collect();
+        let json_hosts: BTreeSet<String> = j.get("serverZones").keys().into_iter().map(String::from).collect();
         assert_eq!(json_hosts, exp_hosts, "server zones in JSON");
         for (host, want) in &exp_servers {
-            assert_eq!(
-                &prom_server_counts(&e, host),
-                want,
-                "Prometheus server zone {host}"
-            );
-            assert_eq!(
-                &json_counts(j.get("serverZones").get(host)),
-                want,
-                "JSON server zone {host}"
-            );
+            assert_eq!(&prom_server_counts(&e, host), want, "Prometheus server zone {host}");
+            assert_eq!(&json_counts(j.get("serverZones").get(host)), want, "JSON server zone {host}");
         }
         // the sum zone comes after the server zones
-        let order: Vec<String> = e
-            .samples
-            .iter()
-            .filter(|s| s.name == "nginx_vts_server_requests_total")
-            .map(|s| s.labels[0].1.clone())
-            .collect();
+        let order: Vec<String> = e.samples.iter().filter(|s| s.name == "nginx_vts_server_requests_total").map(|s| s.labels[0].1.clone()).collect();
         assert_eq!(order.last().map(String::as_str), Some("*"));
         assert_eq!(j.get("serverZones").keys().last().copied(), Some("*"));
 
         // upstream zones
-        let foo_total: u64 = exp
-            .upstreams
-            .iter()
-            .filter(|((g, _), _)| g == "foo")
-            .map(|(_, c)| c.total)
-            .sum();
+        let foo_total: u64 = exp.upstreams.iter().filter(|((g, _), _)| g == "foo").map(|(_, c)| c.total).sum();
         assert_eq!(foo_total, 5 * 10);
-        assert_eq!(
-            exp.upstreams
-                .iter()
-                .filter(|((g, _), _)| g == "foo")
-                .count(),
-            2,
-            "both foo peers were used"
-        );
-        assert_eq!(
-            exp.upstreams[&("bar".to_string(), format!("127.0.0.1:{b3}"))].total,
-            15
-        );
-        assert_eq!(
-            exp.upstreams[&("::nogroups".to_string(), format!("127.0.0.1:{b3}"))].total,
-            10
-        );
+        assert_eq!(exp.upstreams.iter().filter(|((g, _), _)| g == "foo").count(), 2, "both foo peers were used");
+        assert_eq!(exp.upstreams[&("bar".to_string(), format!("127.0.0.1:{b3}"))].total, 15);
+        assert_eq!(exp.upstreams[&("::nogroups".to_string(), format!("127.0.0.1:{b3}"))].total, 10);
         // every configured peer is listed: the backup of bar was never used and shows zeros
         let unused = ("bar".to_string(), format!("127.0.0.1:{b4}"));
-        assert!(
-            !exp.upstreams.contains_key(&unused),
-            "the backup peer was not used"
-        );
+        assert!(!exp.upstreams.contains_key(&unused), "the backup peer was not used");
         exp.upstreams.insert(unused.clone(), Counts::default());
-        let prom_peers: BTreeSet<(String, String)> = e
-            .samples
-            .iter()
-            .filter(|s| s.name == "nginx_vts_upstream_requests_total")
-            .map(|s| (s.labels[0].1.clone(), s.labels[1].1.clone()))
-            .collect();
-        assert_eq!(
-            prom_peers,
-            exp.upstreams.keys().cloned().collect(),
-            "upstream zones in Prometheus"
-        );
+        let prom_peers: BTreeSet<(String, String)> =
+            e.samples.iter().filter(|s| s.name == "nginx_vts_upstream_requests_total").map(|s| (s.labels[0].1.clone(), s.labels[1].1.clone())).collect();
+        assert_eq!(prom_peers, exp.upstreams.keys().cloned().collect(), "upstream zones in Prometheus");
         let uz = j.get("upstreamZones");
         let mut json_peers = BTreeSet::new();
         for group in uz.keys() {
@@ -887,13 +693,7 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
                 let server = peer.get("server").str().to_string();
                 let want = &exp.upstreams[&(group.to_string(), server.clone())];
                 assert_eq!(&json_counts(peer), want, "JSON upstream {group} {server}");
-                for key in [
-                    "requestMsec",
-                    "responseMsec",
-                    "weight",
-                    "maxFails",
-                    "failTimeout",
-                ] {
+                for key in ["requestMsec", "responseMsec", "weight", "maxFails", "failTimeout"] {
                     peer.get(key).u64();
                 }
                 for key in ["backup", "down"] {
@@ -902,141 +702,61 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
                 json_peers.insert((group.to_string(), server));
             }
         }
-        assert_eq!(
-            json_peers,
-            exp.upstreams.keys().cloned().collect(),
-            "upstream zones in JSON"
-        );
+        assert_eq!(json_peers, exp.upstreams.keys().cloned().collect(), "upstream zones in JSON");
         for ((group, backend), want) in &exp.upstreams {
-            assert_eq!(
-                &prom_upstream_counts(&e, group, backend),
-                want,
-                "Prometheus upstream {group} {backend}"
-            );
+            assert_eq!(&prom_upstream_counts(&e, group, backend), want, "Prometheus upstream {group} {backend}");
         }
-        let peer = |group: &str, port: u16| {
-            uz.get(group)
-                .arr()
-                .iter()
-                .find(|p| p.get("server").str() == format!("127.0.0.1:{port}"))
-                .unwrap()
-                .clone()
-        };
+        let peer = |group: &str, port: u16| uz.get(group).arr().iter().find(|p| p.get("server").str() == format!("127.0.0.1:{port}")).unwrap().clone();
         let p2 = peer("foo", b2);
-        assert_eq!(
-            (
-                p2.get("weight").u64(),
-                p2.get("maxFails").u64(),
-                p2.get("failTimeout").u64()
-            ),
-            (3, 2, 7)
-        );
+        assert_eq!((p2.get("weight").u64(), p2.get("maxFails").u64(), p2.get("failTimeout").u64()), (3, 2, 7));
         let p1 = peer("foo", b1);
-        assert_eq!(
-            (
-                p1.get("weight").u64(),
-                p1.get("maxFails").u64(),
-                p1.get("failTimeout").u64()
-            ),
-            (1, 1, 10)
-        );
+        assert_eq!((p1.get("weight").u64(), p1.get("maxFails").u64(), p1.get("failTimeout").u64()), (1, 1, 10));
         assert_eq!(p1.get("backup"), &Json::Bool(false));
         let p4 = peer("bar", b4);
-        assert_eq!(
-            (p4.get("backup"), p4.get("requestCounter").u64()),
-            (&Json::Bool(true), 0)
-        );
+        assert_eq!((p4.get("backup"), p4.get("requestCounter").u64()), (&Json::Bool(true), 0));
 
         // times: sums and averages are consistent and non-negative
         for host in exp_servers.keys() {
-            let sum = e
-                .value("nginx_vts_server_request_seconds_total", &[("host", host)])
-                .unwrap();
-            let avg = e
-                .value("nginx_vts_server_request_seconds", &[("host", host)])
-                .unwrap();
+            let sum = e.value("nginx_vts_server_request_seconds_total", &[("host", host)]).unwrap();
+            let avg = e.value("nginx_vts_server_request_seconds", &[("host", host)]).unwrap();
             let n = exp_servers[host].total as f64;
-            assert!(
-                sum >= 0.0 && avg >= 0.0 && (avg - sum / n).abs() < 0.002,
-                "{host}: sum {sum} avg {avg} n {n}"
-            );
+            assert!(sum >= 0.0 && avg >= 0.0 && (avg - sum / n).abs() < 0.002, "{host}: sum {sum} avg {avg} n {n}");
             let z = j.get("serverZones").get(host);
-            assert_eq!(
-                z.get("requestMsec").u64(),
-                z.get("requestMsecCounter").u64() / exp_servers[host].total
-            );
+            assert_eq!(z.get("requestMsec").u64(), z.get("requestMsecCounter").u64() / exp_servers[host].total);
         }
         for (group, backend) in exp.upstreams.keys() {
             let l = [("upstream", group.as_str()), ("backend", backend.as_str())];
-            let req = e
-                .value("nginx_vts_upstream_request_seconds_total", &l)
-                .unwrap();
-            let resp = e
-                .value("nginx_vts_upstream_response_seconds_total", &l)
-                .unwrap();
+            let req = e.value("nginx_vts_upstream_request_seconds_total", &l).unwrap();
+            let resp = e.value("nginx_vts_upstream_response_seconds_total", &l).unwrap();
             assert!(req >= 0.0 && resp >= 0.0, "{group} {backend}");
             e.value("nginx_vts_upstream_request_seconds", &l).unwrap();
             e.value("nginx_vts_upstream_response_seconds", &l).unwrap();
         }
 
         // main section
-        let info = e
-            .samples
-            .iter()
-            .find(|s| s.name == "nginx_vts_info")
-            .unwrap();
+        let info = e.samples.iter().find(|s| s.name == "nginx_vts_info").unwrap();
         assert_eq!(info.value, 1.0);
-        assert!(
-            info.labels
-                .iter()
-                .any(|(k, v)| k == "version" && v == "1.22.1"),
-            "{info:?}"
-        );
+        assert!(info.labels.iter().any(|(k, v)| k == "version" && v == "1.22.1"), "{info:?}");
         assert!(e.value("nginx_vts_start_time_seconds", &[]).unwrap() > 1.6e9);
-        for s in [
-            "accepted", "active", "handled", "reading", "requests", "waiting", "writing",
-        ] {
-            e.value("nginx_vts_main_connections", &[("status", s)])
-                .unwrap_or_else(|| panic!("connections {s}"));
+        for s in ["accepted", "active", "handled", "reading", "requests", "waiting", "writing"] {
+            e.value("nginx_vts_main_connections", &[("status", s)]).unwrap_or_else(|| panic!("connections {s}"));
         }
-        assert!(
-            e.int("nginx_vts_main_connections", &[("status", "accepted")]) >= plan.len() as u64
-        );
-        assert!(
-            e.int("nginx_vts_main_connections", &[("status", "active")]) >= 1,
-            "stub_status counters are compiled in"
-        );
-        assert_eq!(
-            e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "max_size")]),
-            1024 * 1024
-        );
+        assert!(e.int("nginx_vts_main_connections", &[("status", "accepted")]) >= plan.len() as u64);
+        assert!(e.int("nginx_vts_main_connections", &[("status", "active")]) >= 1, "stub_status counters are compiled in");
+        assert_eq!(e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "max_size")]), 1024 * 1024);
         assert_eq!(
             e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "used_node")]),
             (exp_servers.len() + exp.upstreams.len() - 1) as u64,
             "a node per counted key; the unused peer has none"
         );
-        for key in [
-            "hostName",
-            "moduleVersion",
-            "nginxVersion",
-            "loadMsec",
-            "nowMsec",
-            "connections",
-            "sharedZones",
-            "serverZones",
-            "upstreamZones",
-        ] {
+        for key in ["hostName", "moduleVersion", "nginxVersion", "loadMsec", "nowMsec", "connections", "sharedZones", "serverZones", "upstreamZones"] {
             j.get(key);
         }
         assert_eq!(j.get("nginxVersion").str(), "1.22.1");
         assert_eq!(j.get("sharedZones").get("name").str(), "vts_e2e");
         assert!(j.get("connections").get("accepted").u64() >= plan.len() as u64);
 
-        assert!(
-            !nginx.error_log().contains("[alert]") && !nginx.error_log().contains("[crit]"),
-            "{}",
-            nginx.error_log()
-        );
+        assert!(!nginx.error_log().contains("[alert]") && !nginx.error_log().contains("[crit]"), "{}", nginx.error_log());
         nginx.quit();
     }
 }
@@ -1073,50 +793,24 @@ fn serving_rules_formats_and_directive_errors() {
         assert_eq!(ct("/status/format/html"), "text/html");
         assert_eq!(ct("/prom/format/json"), "application/json");
         assert_eq!(ct("/page/format/prometheus"), "text/plain");
-        assert_eq!(
-            ct("/status/format/prometheus/more"),
-            "text/plain",
-            "the suffix may be anywhere in the URI"
-        );
+        assert_eq!(ct("/status/format/prometheus/more"), "text/plain", "the suffix may be anywhere in the URI");
         assert!(http::get(port, "/page").body.contains("<html"));
 
         let j = Json::parse(&http::get(port, "/status").body);
-        assert_eq!(
-            j.get("sharedZones").get("name").str(),
-            "vhost_traffic_status",
-            "default zone name"
-        );
-        assert_eq!(
-            j.get("sharedZones").get("maxSize").u64(),
-            1024 * 1024,
-            "default zone size"
-        );
+        assert_eq!(j.get("sharedZones").get("name").str(), "vhost_traffic_status", "default zone name");
+        assert_eq!(j.get("sharedZones").get("maxSize").u64(), 1024 * 1024, "default zone size");
 
         let head = http::request(port, "HEAD", "/status/format/prometheus", &[]);
         assert_eq!(head.status, 200);
         assert!(head.body.is_empty(), "HEAD has no body");
         assert_eq!(head.header("Content-Type"), Some("text/plain"));
-        let len: usize = head
-            .header("Content-Length")
-            .expect("HEAD has Content-Length")
-            .parse()
-            .unwrap();
+        let len: usize = head.header("Content-Length").expect("HEAD has Content-Length").parse().unwrap();
         assert!(len > 500, "Content-Length {len}");
         let get = http::get(port, "/status/format/prometheus");
-        assert_eq!(
-            get.header("Content-Length")
-                .unwrap()
-                .parse::<usize>()
-                .unwrap(),
-            get.body.len()
-        );
+        assert_eq!(get.header("Content-Length").unwrap().parse::<usize>().unwrap(), get.body.len());
 
         for method in ["POST", "PUT", "DELETE"] {
-            assert_eq!(
-                http::request(port, method, "/status", &[("Content-Length", "0")]).status,
-                405,
-                "{method}"
-            );
+            assert_eq!(http::request(port, method, "/status", &[("Content-Length", "0")]).status, 405, "{method}");
         }
         nginx.quit();
 
@@ -1130,10 +824,7 @@ fn serving_rules_formats_and_directive_errors() {
         );
         let nginx = Nginx::start(&root, &conf(&body), &[port]);
         assert_eq!(http::get(port, "/status").status, 501);
-        assert_eq!(
-            http::request(port, "POST", "/status", &[("Content-Length", "0")]).status,
-            405
-        );
+        assert_eq!(http::request(port, "POST", "/status", &[("Content-Length", "0")]).status, 405);
         nginx.quit();
 
         // configuration errors
@@ -1151,10 +842,7 @@ fn serving_rules_formats_and_directive_errors() {
                 Ok(_) => panic!("nginx started with vhost_traffic_status_zone {zone}"),
                 Err(e) => e,
             };
-            assert!(
-                err.contains(message),
-                "{zone}: expected {message:?} in:\n{err}"
-            );
+            assert!(err.contains(message), "{zone}: expected {message:?} in:\n{err}");
         }
     }
 }
@@ -1227,61 +915,28 @@ fn prometheus_output_merges_into_metrics_via_capture() {
         for host in ["one.example", "two.example", "two.example"] {
             assert_eq!(get_host(port, host, "/").status, 200);
         }
-        assert_eq!(
-            http::get(metrics_port, "/status/format/prometheus").status,
-            404,
-            "the display location is internal"
-        );
+        assert_eq!(http::get(metrics_port, "/status/format/prometheus").status, 404, "the display location is internal");
 
         let m = http::get(metrics_port, "/metrics");
         assert_eq!(m.status, 200);
         let e = parse_prometheus(&m.body.replace("\n\n", "\n"));
-        assert_eq!(
-            e.value("nginx_metrics_source_up", &[("source", "vts")]),
-            Some(1.0),
-            "{}",
-            m.body
-        );
-        assert_eq!(
-            e.int(
-                "nginx_vts_server_requests_total",
-                &[("host", "one.example"), ("code", "total")]
-            ),
-            1
-        );
-        assert_eq!(
-            e.int(
-                "nginx_vts_server_requests_total",
-                &[("host", "two.example"), ("code", "2xx")]
-            ),
-            2
-        );
+        assert_eq!(e.value("nginx_metrics_source_up", &[("source", "vts")]), Some(1.0), "{}", m.body);
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "one.example"), ("code", "total")]), 1);
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "two.example"), ("code", "2xx")]), 2);
 
         let j = http::get(metrics_port, "/json");
         assert_eq!(j.status, 200);
         assert_eq!(j.header("X-Sub-Content-Type"), Some("application/json"));
         let j = Json::parse(&j.body);
         // /metrics and the 404 above were counted for "metrics"; the capture subrequests not
-        assert_eq!(
-            j.get("serverZones")
-                .get("metrics")
-                .get("requestCounter")
-                .u64(),
-            2
-        );
+        assert_eq!(j.get("serverZones").get("metrics").get("requestCounter").u64(), 2);
 
         for _ in 0..3 {
             assert_eq!(http::get(metrics_port, "/counted").body, "sub\n");
         }
         let j = Json::parse(&http::get(metrics_port, "/json").body);
         // + /json once, + 3 × (/counted and its logged /sub)
-        assert_eq!(
-            j.get("serverZones")
-                .get("metrics")
-                .get("requestCounter")
-                .u64(),
-            2 + 1 + 3 * 2
-        );
+        assert_eq!(j.get("serverZones").get("metrics").get("requestCounter").u64(), 2 + 1 + 3 * 2);
         nginx.quit();
     }
 }
@@ -1308,36 +963,15 @@ fn hosts_are_escaped_in_both_formats() {
         }}"#
         );
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
-        let hosts = [
-            r#"quo"te.example"#,
-            r#"back\slash.example"#,
-            "caf\u{e9}.example",
-            "MiXeD.Example",
-        ];
+        let hosts = [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "MiXeD.Example"];
         for host in hosts {
             assert_eq!(get_host(port, host, "/").status, 200, "{host}");
         }
         let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
         let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-        for host in [
-            r#"quo"te.example"#,
-            r#"back\slash.example"#,
-            "caf\u{e9}.example",
-            "mixed.example",
-        ] {
-            assert_eq!(
-                e.int(
-                    "nginx_vts_server_requests_total",
-                    &[("host", host), ("code", "2xx")]
-                ),
-                1,
-                "{host}"
-            );
-            assert_eq!(
-                j.get("serverZones").get(host).get("requestCounter").u64(),
-                1,
-                "{host}"
-            );
+        for host in [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "mixed.example"] {
+            assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", host), ("code", "2xx")]), 1, "{host}");
+            assert_eq!(j.get("serverZones").get(host).get("requestCounter").u64(), 1, "{host}");
         }
         nginx.quit();
     }
@@ -1369,62 +1003,29 @@ fn full_zone_keeps_serving_and_counters_survive_reload() {
         let hosts: Vec<String> = (0..400).map(|i| format!("host{i:04}.example")).collect();
         let plan: Vec<(&str, &str)> = hosts.iter().map(|h| (h.as_str(), "/")).collect();
         let statuses = run_plan(port, &plan, 6);
-        assert!(
-            statuses.iter().all(|&s| s == 200),
-            "every request is served: {statuses:?}"
-        );
+        assert!(statuses.iter().all(|&s| s == 200), "every request is served: {statuses:?}");
 
         let j = Json::parse(&http::get(status_port, "/status/format/json").body);
         let zones = j.get("serverZones");
-        assert_eq!(
-            zones.get("*").get("requestCounter").u64(),
-            400,
-            "the sum zone counts everything"
-        );
+        assert_eq!(zones.get("*").get("requestCounter").u64(), 400, "the sum zone counts everything");
         let kept = zones.keys().len() - 1;
-        assert!(
-            kept > 10 && kept < 400,
-            "the zone filled up after {kept} hosts"
-        );
+        assert!(kept > 10 && kept < 400, "the zone filled up after {kept} hosts");
         assert_eq!(j.get("sharedZones").get("usedNode").u64(), kept as u64 + 1);
         let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
-        assert_eq!(
-            e.int(
-                "nginx_vts_server_requests_total",
-                &[("host", "*"), ("code", "total")]
-            ),
-            400
-        );
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "*"), ("code", "total")]), 400);
 
         let log = nginx.error_log();
-        let full = log
-            .lines()
-            .filter(|l| l.contains("[error]") && l.contains("is full"))
-            .count();
-        assert!(
-            (1..=2).contains(&full),
-            "logged once per worker, got {full}:\n{log}"
-        );
-        assert!(
-            !log.contains("[crit]")
-                && !log.contains("[alert]")
-                && !log.contains("exited on signal"),
-            "{log}"
-        );
+        let full = log.lines().filter(|l| l.contains("[error]") && l.contains("is full")).count();
+        assert!((1..=2).contains(&full), "logged once per worker, got {full}:\n{log}");
+        assert!(!log.contains("[crit]") && !log.contains("[alert]") && !log.contains("exited on signal"), "{log}");
 
         // a reload with the same zone keeps the counters
         nginx.reload(&conf(&body));
         let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-        assert_eq!(
-            j.get("serverZones").get("*").get("requestCounter").u64(),
-            400
-        );
+        assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 400);
         assert_eq!(get_host(port, "host0000.example", "/").status, 200);
         let j = Json::parse(&http::get(status_port, "/status/format/json").body);
-        assert_eq!(
-            j.get("serverZones").get("*").get("requestCounter").u64(),
-            401
-        );
+        assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 401);
         nginx.quit();
     }
 }
@@ -1439,22 +1040,10 @@ fn promtool_check(text: &str) {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .expect("run promtool (Debian package prometheus)");
-    child
-        .stdin
-        .take()
-        .unwrap()
-        .write_all(text.as_bytes())
-        .unwrap();
+    child.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
     let out = child.wait_with_output().unwrap();
-    let report = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    assert!(
-        out.status.success() && report.trim().is_empty(),
-        "promtool check metrics:\n{report}\n{text}"
-    );
+    let report = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && report.trim().is_empty(), "promtool check metrics:\n{report}\n{text}");
 }
 
 fn status_json(port: u16, path: &str) -> Json {
@@ -1521,17 +1110,10 @@ fn filter_by_set_key_counts_per_group_and_key() {
         plan.extend([("f.test", "/nofilter/?v=gamma"); 2]);
         plan.extend([("f.test", "/srvkey/?k=tenant-a"); 2]);
         let statuses = run_plan(port, &plan, 4);
-        assert_eq!(
-            statuses.iter().filter(|&&s| s == 404).count(),
-            1,
-            "{statuses:?}"
-        );
+        assert_eq!(statuses.iter().filter(|&&s| s == 404).count(), 1, "{statuses:?}");
         // one after another, so that "least recently used" is well defined
         for i in 0..10 {
-            assert_eq!(
-                get_host(port, "f.test", &format!("/paths/p{i}")).status,
-                200
-            );
+            assert_eq!(get_host(port, "f.test", &format!("/paths/p{i}")).status, 200);
             std::thread::sleep(std::time::Duration::from_millis(20));
         }
         let requests = plan.len() as u64 + 10;
@@ -1539,58 +1121,18 @@ fn filter_by_set_key_counts_per_group_and_key() {
         let j = status_json(status_port, "/status/format/json");
         let fz = j.get("filterZones");
         let count = |group: &str, key: &str| fz.get(group).get(key).get("requestCounter").u64();
-        assert_eq!(
-            count("storage::f.test", "vol0"),
-            3,
-            "duplicates are dropped by default"
-        );
+        assert_eq!(count("storage::f.test", "vol0"), 3, "duplicates are dropped by default");
         assert_eq!(count("storage::f.test", "vol1"), 2);
-        assert_eq!(
-            count("dup::f.test", "d0"),
-            4,
-            "filter_check_duplicate off counts each directive"
-        );
-        assert_eq!(
-            count("agent::f.test", "alpha"),
-            3,
-            "server-level key, inherited by locations without keys"
-        );
-        assert_eq!(
-            fz.get("agent::f.test")
-                .get("alpha")
-                .get("responses")
-                .get("4xx")
-                .u64(),
-            1
-        );
+        assert_eq!(count("dup::f.test", "d0"), 4, "filter_check_duplicate off counts each directive");
+        assert_eq!(count("agent::f.test", "alpha"), 3, "server-level key, inherited by locations without keys");
+        assert_eq!(fz.get("agent::f.test").get("alpha").get("responses").get("4xx").u64(), 1);
         assert_eq!(count("agent::f.test", "beta"), 1);
-        assert_eq!(
-            fz.get("agent::f.test").keys(),
-            ["alpha", "beta"],
-            "nothing for /nofilter/ or empty keys"
-        );
-        assert_eq!(
-            count("method::*", "GET"),
-            requests - 2,
-            "the http-level key applies everywhere except under vhost_traffic_status_filter off"
-        );
+        assert_eq!(fz.get("agent::f.test").keys(), ["alpha", "beta"], "nothing for /nofilter/ or empty keys");
+        assert_eq!(count("method::*", "GET"), requests - 2, "the http-level key applies everywhere except under vhost_traffic_status_filter off");
         let paths = fz.get("paths::f.test").keys();
-        assert_eq!(
-            paths,
-            ["/paths/p6", "/paths/p7", "/paths/p8", "/paths/p9"],
-            "filter_max_node 4 keeps the newest"
-        );
+        assert_eq!(paths, ["/paths/p6", "/paths/p7", "/paths/p8", "/paths/p9"], "filter_max_node 4 keeps the newest");
         let groups = fz.keys();
-        assert_eq!(
-            groups,
-            [
-                "agent::f.test",
-                "dup::f.test",
-                "method::*",
-                "paths::f.test",
-                "storage::f.test"
-            ]
-        );
+        assert_eq!(groups, ["agent::f.test", "dup::f.test", "method::*", "paths::f.test", "storage::f.test"]);
         // a key without a group is a server zone
         let sz = j.get("serverZones");
         assert_eq!(sz.get("tenant-a").get("requestCounter").u64(), 2);
@@ -1602,74 +1144,26 @@ fn filter_by_set_key_counts_per_group_and_key() {
         assert!(vol0.get("outBytes").u64() > 3 * "storage\n".len() as u64);
         assert_eq!(vol0.get("overCounts").get("maxIntegerSize").u64(), u64::MAX);
         let shared = j.get("sharedZones");
-        assert_eq!(
-            shared.get("usedSize").u64() + shared.get("freeSize").u64(),
-            shared.get("maxSize").u64()
-        );
+        assert_eq!(shared.get("usedSize").u64() + shared.get("freeSize").u64(), shared.get("maxSize").u64());
 
         let prom = http::get(status_port, "/status/format/prometheus").body;
         promtool_check(&prom);
         let e = parse_prometheus(&prom);
-        let fl = |g: &'static str, k: &'static str, extra: (&'static str, &'static str)| {
-            [("filter", g), ("filter_name", k), extra]
-        };
-        assert_eq!(
-            e.int(
-                "nginx_vts_filter_requests_total",
-                &fl("storage::f.test", "vol0", ("code", "2xx"))
-            ),
-            3
-        );
-        assert_eq!(
-            e.int(
-                "nginx_vts_filter_requests_total",
-                &fl("agent::f.test", "alpha", ("code", "4xx"))
-            ),
-            1
-        );
-        assert_eq!(
-            e.int(
-                "nginx_vts_filter_bytes_total",
-                &fl("storage::f.test", "vol0", ("direction", "out"))
-            ),
-            vol0.get("outBytes").u64()
-        );
-        e.value(
-            "nginx_vts_filter_request_seconds_total",
-            &[("filter", "dup::f.test"), ("filter_name", "d0")],
-        )
-        .unwrap();
-        e.value(
-            "nginx_vts_filter_request_seconds",
-            &[("filter", "dup::f.test"), ("filter_name", "d0")],
-        )
-        .unwrap();
+        let fl = |g: &'static str, k: &'static str, extra: (&'static str, &'static str)| [("filter", g), ("filter_name", k), extra];
+        assert_eq!(e.int("nginx_vts_filter_requests_total", &fl("storage::f.test", "vol0", ("code", "2xx"))), 3);
+        assert_eq!(e.int("nginx_vts_filter_requests_total", &fl("agent::f.test", "alpha", ("code", "4xx"))), 1);
+        assert_eq!(e.int("nginx_vts_filter_bytes_total", &fl("storage::f.test", "vol0", ("direction", "out"))), vol0.get("outBytes").u64());
+        e.value("nginx_vts_filter_request_seconds_total", &[("filter", "dup::f.test"), ("filter_name", "d0")]).unwrap();
+        e.value("nginx_vts_filter_request_seconds", &[("filter", "dup::f.test"), ("filter_name", "d0")]).unwrap();
         let names: Vec<&str> = e.families.iter().map(|(n, _)| n.as_str()).collect();
-        let at = |n: &str| {
-            names
-                .iter()
-                .position(|x| *x == n)
-                .unwrap_or_else(|| panic!("no family {n}"))
-        };
+        let at = |n: &str| names.iter().position(|x| *x == n).unwrap_or_else(|| panic!("no family {n}"));
         assert!(at("nginx_vts_server_request_seconds") < at("nginx_vts_filter_bytes_total"));
         assert_eq!(
             names[at("nginx_vts_filter_bytes_total")..at("nginx_vts_filter_bytes_total") + 4],
-            [
-                "nginx_vts_filter_bytes_total",
-                "nginx_vts_filter_requests_total",
-                "nginx_vts_filter_request_seconds_total",
-                "nginx_vts_filter_request_seconds"
-            ]
+            ["nginx_vts_filter_bytes_total", "nginx_vts_filter_requests_total", "nginx_vts_filter_request_seconds_total", "nginx_vts_filter_request_seconds"]
         );
-        assert_eq!(
-            e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "free_size")]),
-            shared.get("freeSize").u64()
-        );
-        assert!(
-            !nginx.error_log().contains("[alert]"),
-            "{}",
-            nginx.error_log()
-        );
+        assert_eq!(e.int("nginx_vts_main_shm_usage_bytes", &[("shared", "free_size")]), shared.get("freeSize").u64());
+        assert!(!nginx.error_log().contains("[alert]"), "{}", nginx.error_log());
         nginx.quit();
     }
 }
@@ -1730,19 +1224,12 @@ fn variables_and_control_api() {
         run_plan(port, &plan, 4);
 
         // variables: the counters before the /vars request itself
-        let before = status_json(
-            status_port,
-            "/status/control?cmd=status&group=server&zone=v.test",
-        );
+        let before = status_json(status_port, "/status/control?cmd=status&group=server&zone=v.test");
         assert_eq!(before.keys(), ["v.test"], "one server zone");
         let z = before.get("v.test");
         let vars = get_host(port, "v.test", "/vars");
         assert_eq!(vars.status, 200);
-        let v: Vec<u64> = vars
-            .body
-            .split_whitespace()
-            .map(|x| x.parse().unwrap())
-            .collect();
+        let v: Vec<u64> = vars.body.split_whitespace().map(|x| x.parse().unwrap()).collect();
         let r = z.get("responses");
         assert_eq!(
             v,
@@ -1765,78 +1252,26 @@ fn variables_and_control_api() {
         assert_eq!((v[0], v[4], v[6]), (12, 10, 2));
 
         // status: one part only (the location's default format is prometheus; control is JSON)
-        let main = status_json(
-            status_port,
-            "/status/control?cmd=status&group=server&zone=::main",
-        );
-        assert_eq!(
-            main.keys(),
-            [
-                "hostName",
-                "moduleVersion",
-                "nginxVersion",
-                "loadMsec",
-                "nowMsec",
-                "connections",
-                "sharedZones"
-            ]
-        );
-        let all_servers = status_json(
-            status_port,
-            "/status/control?cmd=status&group=server&zone=*",
-        );
+        let main = status_json(status_port, "/status/control?cmd=status&group=server&zone=::main");
+        assert_eq!(main.keys(), ["hostName", "moduleVersion", "nginxVersion", "loadMsec", "nowMsec", "connections", "sharedZones"]);
+        let all_servers = status_json(status_port, "/status/control?cmd=status&group=server&zone=*");
         assert_eq!(all_servers.keys(), ["serverZones"]);
-        assert_eq!(
-            all_servers.get("serverZones").keys(),
-            ["v.test", "w.test", "*"]
-        );
-        let filters = status_json(
-            status_port,
-            "/status/control?cmd=status&group=filter&zone=*",
-        );
-        assert_eq!(
-            filters.get("filterZones").get("storage::v.test").keys(),
-            ["vol0", "vol1"]
-        );
-        let vol0 = status_json(
-            status_port,
-            "/status/control?cmd=status&group=filter&zone=storage::v.test@vol0",
-        );
+        assert_eq!(all_servers.get("serverZones").keys(), ["v.test", "w.test", "*"]);
+        let filters = status_json(status_port, "/status/control?cmd=status&group=filter&zone=*");
+        assert_eq!(filters.get("filterZones").get("storage::v.test").keys(), ["vol0", "vol1"]);
+        let vol0 = status_json(status_port, "/status/control?cmd=status&group=filter&zone=storage::v.test@vol0");
         assert_eq!(vol0.get("vol0").get("requestCounter").u64(), 3);
-        let peer = status_json(
-            status_port,
-            &format!("/status/control?cmd=status&group=upstream@group&zone=back@127.0.0.1:{b1}"),
-        );
-        assert_eq!(
-            (peer.get("server").str(), peer.get("requestCounter").u64()),
-            (format!("127.0.0.1:{b1}").as_str(), 2)
-        );
-        let down = status_json(
-            status_port,
-            &format!("/status/control?cmd=status&group=upstream@group&zone=back@127.0.0.1:{b2}"),
-        );
-        assert_eq!(
-            (down.get("down"), down.get("requestCounter").u64()),
-            (&Json::Bool(true), 0),
-            "a down peer is listed"
-        );
-        let ups = status_json(
-            status_port,
-            "/status/control?cmd=status&group=upstream@group&zone=*",
-        );
+        let peer = status_json(status_port, &format!("/status/control?cmd=status&group=upstream@group&zone=back@127.0.0.1:{b1}"));
+        assert_eq!((peer.get("server").str(), peer.get("requestCounter").u64()), (format!("127.0.0.1:{b1}").as_str(), 2));
+        let down = status_json(status_port, &format!("/status/control?cmd=status&group=upstream@group&zone=back@127.0.0.1:{b2}"));
+        assert_eq!((down.get("down"), down.get("requestCounter").u64()), (&Json::Bool(true), 0), "a down peer is listed");
+        let ups = status_json(status_port, "/status/control?cmd=status&group=upstream@group&zone=*");
         assert_eq!(ups.get("upstreamZones").get("back").arr().len(), 2);
         let full = status_json(status_port, "/status/control?cmd=status&group=*");
         for key in ["hostName", "serverZones", "filterZones", "upstreamZones"] {
             full.get(key);
         }
-        assert_eq!(
-            status_json(
-                status_port,
-                "/status/control?cmd=status&group=server&zone=nope"
-            )
-            .keys(),
-            Vec::<&str>::new()
-        );
+        assert_eq!(status_json(status_port, "/status/control?cmd=status&group=server&zone=nope").keys(), Vec::<&str>::new());
 
         let control = |query: &str| status_json(status_port, &format!("/status/control?{query}"));
         let result = |j: &Json, ok: bool, n: u64| {
@@ -1851,85 +1286,40 @@ fn variables_and_control_api() {
         assert_eq!(j.get("processingGroupString").str(), "filter");
         assert_eq!(j.get("processingZoneString").str(), "storage::v.test@vol0");
         let f = control("cmd=status&group=filter&zone=*");
-        assert_eq!(
-            f.get("filterZones")
-                .get("storage::v.test")
-                .get("vol0")
-                .get("requestCounter")
-                .u64(),
-            0
-        );
-        assert_eq!(
-            f.get("filterZones")
-                .get("storage::v.test")
-                .get("vol1")
-                .get("requestCounter")
-                .u64(),
-            1
-        );
+        assert_eq!(f.get("filterZones").get("storage::v.test").get("vol0").get("requestCounter").u64(), 0);
+        assert_eq!(f.get("filterZones").get("storage::v.test").get("vol1").get("requestCounter").u64(), 1);
 
         // delete one server zone: gone, and the sum no longer includes it
         let s = control("cmd=status&group=server&zone=*");
-        let w = s
-            .get("serverZones")
-            .get("w.test")
-            .get("requestCounter")
-            .u64();
+        let w = s.get("serverZones").get("w.test").get("requestCounter").u64();
         let sum = s.get("serverZones").get("*").get("requestCounter").u64();
         result(&control("cmd=delete&group=server&zone=w.test"), true, 1);
         let s = control("cmd=status&group=server&zone=*");
         assert_eq!(s.get("serverZones").keys(), ["v.test", "*"]);
-        assert_eq!(
-            s.get("serverZones").get("*").get("requestCounter").u64(),
-            sum - w
-        );
+        assert_eq!(s.get("serverZones").get("*").get("requestCounter").u64(), sum - w);
         assert_eq!(w, 3);
         // it comes back with the next request
         assert_eq!(get_host(port, "w.test", "/").status, 200);
-        assert_eq!(
-            control("cmd=status&group=server&zone=w.test")
-                .get("w.test")
-                .get("requestCounter")
-                .u64(),
-            1
-        );
+        assert_eq!(control("cmd=status&group=server&zone=w.test").get("w.test").get("requestCounter").u64(), 1);
 
         // upstream peer reset, by group@peer
-        result(
-            &control(&format!(
-                "cmd=reset&group=upstream@group&zone=back@127.0.0.1:{b1}"
-            )),
-            true,
-            1,
-        );
-        let peer = control(&format!(
-            "cmd=status&group=upstream@group&zone=back@127.0.0.1:{b1}"
-        ));
+        result(&control(&format!("cmd=reset&group=upstream@group&zone=back@127.0.0.1:{b1}")), true, 1);
+        let peer = control(&format!("cmd=status&group=upstream@group&zone=back@127.0.0.1:{b1}"));
         assert_eq!(peer.get("requestCounter").u64(), 0);
 
         // delete a whole group, then everything; unknown commands and groups fail
         result(&control("cmd=delete&group=filter&zone=*"), true, 2);
-        assert!(control("cmd=status&group=*")
-            .try_get("filterZones")
-            .is_none());
+        assert!(control("cmd=status&group=*").try_get("filterZones").is_none());
         result(&control("cmd=frobnicate&group=server&zone=*"), false, 0);
         result(&control("cmd=reset&group=nonsense&zone=*"), false, 0);
         let j = control("cmd=reset&group=*");
         assert!(j.get("processingCounts").u64() >= 3, "{j:?}");
         let s = control("cmd=status&group=server&zone=*");
         for zone in s.get("serverZones").keys() {
-            assert_eq!(
-                s.get("serverZones").get(zone).get("requestCounter").u64(),
-                0,
-                "{zone} after reset"
-            );
+            assert_eq!(s.get("serverZones").get(zone).get("requestCounter").u64(), 0, "{zone} after reset");
         }
         let vars = get_host(port, "v.test", "/vars");
-        assert!(
-            vars.body.starts_with("0 0 0 "),
-            "variables after reset: {}",
-            vars.body
-        );
+        assert!(vars.body.starts_with("0 0 0 "), "variables after reset: {}", vars.body);
         nginx.quit();
     }
 }
@@ -1940,19 +1330,10 @@ fn filter_directive_errors() {
     let (_dir, root) = bundle(Strategy::Embed);
     let port = free_port();
     for (directive, message) in [
-        (
-            "vhost_traffic_status_filter_max_node many;",
-            r#"invalid number "many" in "vhost_traffic_status_filter_max_node""#,
-        ),
-        (
-            "vhost_traffic_status_filter_max_node 4; vhost_traffic_status_filter_max_node 5;",
-            "is duplicate",
-        ),
+        ("vhost_traffic_status_filter_max_node many;", r#"invalid number "many" in "vhost_traffic_status_filter_max_node""#),
+        ("vhost_traffic_status_filter_max_node 4; vhost_traffic_status_filter_max_node 5;", "is duplicate"),
         (r#"vhost_traffic_status_filter_by_set_key "";"#, "empty key"),
-        (
-            "vhost_traffic_status_filter_by_set_key a b c;",
-            "invalid number of arguments",
-        ),
+        ("vhost_traffic_status_filter_by_set_key a b c;", "invalid number of arguments"),
     ] {
         let body = format!(
             r#"
@@ -1964,10 +1345,7 @@ fn filter_directive_errors() {
             Ok(_) => panic!("nginx started with {directive}"),
             Err(e) => e,
         };
-        assert!(
-            err.contains(message),
-            "{directive}: expected {message:?} in:\n{err}"
-        );
+        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
     }
 }
 
@@ -2044,157 +1422,51 @@ fn histogram_buckets_limits_and_bypass() {
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
 
         // histograms: 3 fast, 2 slow local, 2 slow through the upstream (the backend sleeps 0.3 s)
-        let plan: Vec<(&str, &str)> = [
-            [("h.test", "/fast")].repeat(3),
-            [("h.test", "/slow")].repeat(2),
-            [("h.test", "/up/x")].repeat(2),
-        ]
-        .concat();
+        let plan: Vec<(&str, &str)> = [[("h.test", "/fast")].repeat(3), [("h.test", "/slow")].repeat(2), [("h.test", "/up/x")].repeat(2)].concat();
         let statuses = run_plan(port, &plan, 4);
         assert!(statuses.iter().all(|&s| s == 200), "{statuses:?}");
         let j = status_json(status_port, "/status/format/json");
         let buckets = |z: &Json, key: &str| -> (Vec<u64>, Vec<u64>) {
             let b = z.get(key);
-            (
-                b.get("msecs").arr().iter().map(Json::u64).collect(),
-                b.get("counters").arr().iter().map(Json::u64).collect(),
-            )
+            (b.get("msecs").arr().iter().map(Json::u64).collect(), b.get("counters").arr().iter().map(Json::u64).collect())
         };
         let h = j.get("serverZones").get("h.test");
-        assert_eq!(
-            buckets(h, "requestBuckets"),
-            (vec![100, 250, 5000], vec![3, 3, 7]),
-            "cumulative per bucket"
-        );
+        assert_eq!(buckets(h, "requestBuckets"), (vec![100, 250, 5000], vec![3, 3, 7]), "cumulative per bucket");
         let peer = &j.get("upstreamZones").get("slow").arr()[0];
-        assert_eq!(
-            buckets(peer, "requestBuckets"),
-            (vec![100, 250, 5000], vec![0, 0, 2])
-        );
-        assert_eq!(
-            buckets(peer, "responseBuckets"),
-            (vec![100, 250, 5000], vec![0, 0, 2])
-        );
+        assert_eq!(buckets(peer, "requestBuckets"), (vec![100, 250, 5000], vec![0, 0, 2]));
+        assert_eq!(buckets(peer, "responseBuckets"), (vec![100, 250, 5000], vec![0, 0, 2]));
 
         let prom = http::get(status_port, "/status/format/prometheus").body;
         promtool_check(&prom);
         let e = parse_prometheus(&prom);
-        let hb = |le: &'static str| {
-            e.int(
-                "nginx_vts_server_request_duration_seconds_bucket",
-                &[("host", "h.test"), ("le", le)],
-            )
-        };
-        assert_eq!(
-            (hb("0.100"), hb("0.250"), hb("5.000"), hb("+Inf")),
-            (3, 3, 7, 7)
-        );
-        assert_eq!(
-            e.int(
-                "nginx_vts_server_request_duration_seconds_count",
-                &[("host", "h.test")]
-            ),
-            7
-        );
-        let sum = e
-            .value(
-                "nginx_vts_server_request_duration_seconds_sum",
-                &[("host", "h.test")],
-            )
-            .unwrap();
+        let hb = |le: &'static str| e.int("nginx_vts_server_request_duration_seconds_bucket", &[("host", "h.test"), ("le", le)]);
+        assert_eq!((hb("0.100"), hb("0.250"), hb("5.000"), hb("+Inf")), (3, 3, 7, 7));
+        assert_eq!(e.int("nginx_vts_server_request_duration_seconds_count", &[("host", "h.test")]), 7);
+        let sum = e.value("nginx_vts_server_request_duration_seconds_sum", &[("host", "h.test")]).unwrap();
         assert!(sum >= 4.0 * 0.29, "four requests of 0.3 s: {sum}");
         let backend = format!("127.0.0.1:{b1}");
-        let ub = |family: &str, le: &'static str| {
-            e.int(
-                family,
-                &[
-                    ("upstream", "slow"),
-                    ("backend", backend.as_str()),
-                    ("le", le),
-                ],
-            )
-        };
-        assert_eq!(
-            ub(
-                "nginx_vts_upstream_response_duration_seconds_bucket",
-                "0.250"
-            ),
-            0
-        );
-        assert_eq!(
-            ub(
-                "nginx_vts_upstream_response_duration_seconds_bucket",
-                "5.000"
-            ),
-            2
-        );
-        assert_eq!(
-            ub("nginx_vts_upstream_request_duration_seconds_bucket", "+Inf"),
-            2
-        );
-        let kinds: BTreeMap<&str, &str> = e
-            .families
-            .iter()
-            .map(|(n, k)| (n.as_str(), k.as_str()))
-            .collect();
-        assert_eq!(
-            kinds["nginx_vts_server_request_duration_seconds"],
-            "histogram"
-        );
+        let ub = |family: &str, le: &'static str| e.int(family, &[("upstream", "slow"), ("backend", backend.as_str()), ("le", le)]);
+        assert_eq!(ub("nginx_vts_upstream_response_duration_seconds_bucket", "0.250"), 0);
+        assert_eq!(ub("nginx_vts_upstream_response_duration_seconds_bucket", "5.000"), 2);
+        assert_eq!(ub("nginx_vts_upstream_request_duration_seconds_bucket", "+Inf"), 2);
+        let kinds: BTreeMap<&str, &str> = e.families.iter().map(|(n, k)| (n.as_str(), k.as_str())).collect();
+        assert_eq!(kinds["nginx_vts_server_request_duration_seconds"], "histogram");
 
         // limits (checked in the preaccess phase, so the locations have a content handler,
         // not `return`), one request at a time so the counters are exact
-        let seq = |host: &str, path: &str, n: usize| -> Vec<u16> {
-            (0..n).map(|_| get_host(port, host, path).status).collect()
-        };
-        assert_eq!(
-            seq("l.test", "/", 6),
-            [200, 200, 200, 200, 200, 429],
-            "limited once requests > 4"
-        );
+        let seq = |host: &str, path: &str, n: usize| -> Vec<u16> { (0..n).map(|_| get_host(port, host, path).status).collect() };
+        assert_eq!(seq("l.test", "/", 6), [200, 200, 200, 200, 200, 429], "limited once requests > 4");
         assert_eq!(seq("l.test", "/free", 2), [200, 200], "bypass_limit");
-        let before = status_json(status_port, "/status/format/json")
-            .get("serverZones")
-            .get("l.test")
-            .get("requestCounter")
-            .u64();
+        let before = status_json(status_port, "/status/format/json").get("serverZones").get("l.test").get("requestCounter").u64();
         assert_eq!(before, 8);
-        assert_eq!(
-            seq("l.test", "/uncounted", 3),
-            [429, 429, 429],
-            "bypass_stats is still limited"
-        );
-        let after = status_json(status_port, "/status/format/json")
-            .get("serverZones")
-            .get("l.test")
-            .get("requestCounter")
-            .u64();
+        assert_eq!(seq("l.test", "/uncounted", 3), [429, 429, 429], "bypass_stats is still limited");
+        let after = status_json(status_port, "/status/format/json").get("serverZones").get("l.test").get("requestCounter").u64();
         assert_eq!(after, before, "bypass_stats requests are not counted");
-        assert_eq!(
-            seq("off.test", "/", 4),
-            [200; 4],
-            "vhost_traffic_status_limit off"
-        );
-        assert_eq!(
-            seq("k.test", "/?user=alice", 4),
-            [200, 200, 200, 503],
-            "per filter key, default 503"
-        );
-        assert_eq!(
-            seq("k.test", "/?user=bob", 2),
-            [200, 200],
-            "another key has its own count"
-        );
-        assert_eq!(
-            seq("d1.test", "/", 5),
-            [200, 200, 200, 200, 503],
-            "a duplicate member is ignored"
-        );
-        assert_eq!(
-            seq("d2.test", "/", 3),
-            [200, 200, 503],
-            "limit_check_duplicate off: both apply"
-        );
+        assert_eq!(seq("off.test", "/", 4), [200; 4], "vhost_traffic_status_limit off");
+        assert_eq!(seq("k.test", "/?user=alice", 4), [200, 200, 200, 503], "per filter key, default 503");
+        assert_eq!(seq("k.test", "/?user=bob", 2), [200, 200], "another key has its own count");
+        assert_eq!(seq("d1.test", "/", 5), [200, 200, 200, 200, 503], "a duplicate member is ignored");
+        assert_eq!(seq("d2.test", "/", 3), [200, 200, 503], "limit_check_duplicate off: both apply");
         nginx.quit();
     }
 }
@@ -2205,26 +1477,11 @@ fn histogram_and_limit_directive_errors() {
     let (_dir, root) = bundle(Strategy::Embed);
     let port = free_port();
     for (directive, message) in [
-        (
-            "vhost_traffic_status_histogram_buckets 0.1 0.05;",
-            "is not greater than the one before it",
-        ),
-        (
-            "vhost_traffic_status_histogram_buckets fast;",
-            r#"invalid bucket "fast""#,
-        ),
-        (
-            "vhost_traffic_status_limit_traffic bytes:10;",
-            r#"invalid limit "bytes:10""#,
-        ),
-        (
-            "vhost_traffic_status_limit_traffic in:lots;",
-            r#"invalid limit "in:lots""#,
-        ),
-        (
-            "vhost_traffic_status_limit_traffic in:10 700;",
-            r#"invalid status code "700""#,
-        ),
+        ("vhost_traffic_status_histogram_buckets 0.1 0.05;", "is not greater than the one before it"),
+        ("vhost_traffic_status_histogram_buckets fast;", r#"invalid bucket "fast""#),
+        ("vhost_traffic_status_limit_traffic bytes:10;", r#"invalid limit "bytes:10""#),
+        ("vhost_traffic_status_limit_traffic in:lots;", r#"invalid limit "in:lots""#),
+        ("vhost_traffic_status_limit_traffic in:10 700;", r#"invalid status code "700""#),
     ] {
         let body = format!(
             r#"
@@ -2236,10 +1493,7 @@ fn histogram_and_limit_directive_errors() {
             Ok(_) => panic!("nginx started with {directive}"),
             Err(e) => e,
         };
-        assert!(
-            err.contains(message),
-            "{directive}: expected {message:?} in:\n{err}"
-        );
+        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
     }
 }
 
@@ -2289,45 +1543,19 @@ fn set_by_filter_sum_key_and_jsonp() {
             assert_eq!(get_host(port, "s.test", path).status, 200, "{path}");
         }
         assert_eq!(get_host(port, "s.test", "/get").body, "2 3 7 0\n");
-        assert_eq!(
-            get_host(port, "s.test", "/server").body,
-            "7\n",
-            "6 requests and /get before it"
-        );
+        assert_eq!(get_host(port, "s.test", "/server").body, "7\n", "6 requests and /get before it");
 
         let j = status_json(status_port, "/status/format/json");
-        assert_eq!(
-            j.get("serverZones").keys(),
-            ["s.test", "total"],
-            "the sum key is renamed"
-        );
+        assert_eq!(j.get("serverZones").keys(), ["s.test", "total"], "the sum key is renamed");
         let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
-        assert_eq!(
-            e.int(
-                "nginx_vts_server_requests_total",
-                &[("host", "total"), ("code", "total")]
-            ),
-            8
-        );
+        assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "total"), ("code", "total")]), 8);
 
         for path in ["/jsonp", "/status/format/jsonp"] {
             let r = http::get(status_port, path);
             assert_eq!(r.status, 200);
-            assert_eq!(
-                r.header("Content-Type"),
-                Some("application/javascript"),
-                "{path}"
-            );
-            let callback = if path == "/jsonp" {
-                "update_vts"
-            } else {
-                "ngx_http_vhost_traffic_status_jsonp_callback"
-            };
-            let inner = r
-                .body
-                .strip_prefix(&format!("{callback}("))
-                .and_then(|b| b.strip_suffix(")\n"))
-                .unwrap_or_else(|| panic!("{path}: {}", r.body));
+            assert_eq!(r.header("Content-Type"), Some("application/javascript"), "{path}");
+            let callback = if path == "/jsonp" { "update_vts" } else { "ngx_http_vhost_traffic_status_jsonp_callback" };
+            let inner = r.body.strip_prefix(&format!("{callback}(")).and_then(|b| b.strip_suffix(")\n")).unwrap_or_else(|| panic!("{path}: {}", r.body));
             Json::parse(inner).get("serverZones");
         }
         nginx.quit();
@@ -2381,49 +1609,20 @@ fn dump_survives_a_restart() {
         assert!(nginx.quit().success());
 
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
-        assert!(
-            nginx.error_log().contains("restored"),
-            "{}",
-            nginx.error_log()
-        );
+        assert!(nginx.error_log().contains("restored"), "{}", nginx.error_log());
         let j = status_json(status_port, "/status/format/json");
-        assert_eq!(
-            j.get("serverZones")
-                .get("dump.test")
-                .get("requestCounter")
-                .u64(),
-            4,
-            "the request after the periodic dump too"
-        );
+        assert_eq!(j.get("serverZones").get("dump.test").get("requestCounter").u64(), 4, "the request after the periodic dump too");
         assert_eq!(j.get("serverZones").get("*").get("requestCounter").u64(), 4);
-        assert_eq!(
-            j.get("filterZones")
-                .get("uris::*")
-                .get("/a")
-                .get("requestCounter")
-                .u64(),
-            2
-        );
+        assert_eq!(j.get("filterZones").get("uris::*").get("/a").get("requestCounter").u64(), 2);
         assert_eq!(get_host(port, "dump.test", "/a").status, 200);
         let j = status_json(status_port, "/status/format/json");
-        assert_eq!(
-            j.get("serverZones")
-                .get("dump.test")
-                .get("requestCounter")
-                .u64(),
-            5,
-            "counting goes on"
-        );
+        assert_eq!(j.get("serverZones").get("dump.test").get("requestCounter").u64(), 5, "counting goes on");
         nginx.quit();
 
         // a file that is not a dump is ignored with a warning
         std::fs::write(&db, "garbage").unwrap();
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port]);
-        assert!(
-            nginx.error_log().contains("is not a dump of this version"),
-            "{}",
-            nginx.error_log()
-        );
+        assert!(nginx.error_log().contains("is not a dump of this version"), "{}", nginx.error_log());
         let j = status_json(status_port, "/status/format/json");
         assert!(j.get("serverZones").try_get("dump.test").is_none());
         nginx.quit();
@@ -2480,23 +1679,13 @@ fn chromium(url: &str, extra: &[&str]) -> String {
 /// The page C string in the module is `share/dashboard.html`, byte for byte.
 #[test]
 fn dashboard_header_matches_its_source() {
-    let module =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/ngx_http_vhost_traffic_status");
+    let module = Path::new(env!("CARGO_MANIFEST_DIR")).join("../modules/ngx_http_vhost_traffic_status");
     let html = std::fs::read_to_string(module.join("share/dashboard.html")).unwrap();
-    let header =
-        std::fs::read_to_string(module.join("src/ngx_http_vhost_traffic_status_dashboard.h"))
-            .unwrap();
+    let header = std::fs::read_to_string(module.join("src/ngx_http_vhost_traffic_status_dashboard.h")).unwrap();
     let mut text = String::new();
-    let body = header
-        .split_once("ngx_http_vts_dashboard[] =\n")
-        .expect("the array")
-        .1;
+    let body = header.split_once("ngx_http_vts_dashboard[] =\n").expect("the array").1;
     for line in body.lines().take_while(|l| !l.starts_with(';')) {
-        let lit = line
-            .trim()
-            .strip_prefix('"')
-            .and_then(|l| l.strip_suffix('"'))
-            .unwrap_or_else(|| panic!("{line:?}"));
+        let lit = line.trim().strip_prefix('"').and_then(|l| l.strip_suffix('"')).unwrap_or_else(|| panic!("{line:?}"));
         let mut chars = lit.chars();
         while let Some(c) = chars.next() {
             if c == '\\' {
@@ -2511,10 +1700,7 @@ fn dashboard_header_matches_its_source() {
             }
         }
     }
-    assert!(
-        text == html,
-        "regenerate src/ngx_http_vhost_traffic_status_dashboard.h from share/dashboard.html"
-    );
+    assert!(text == html, "regenerate src/ngx_http_vhost_traffic_status_dashboard.h from share/dashboard.html");
 }
 
 /// The HTML format is a live dashboard: in a real browser (headless chromium) its script
@@ -2546,39 +1732,24 @@ fn dashboard_renders_live_numbers_in_chromium() {
             backend = backend(b1)
         );
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
-        let plan: Vec<(&str, &str)> = [
-            [("shop.test", "/?team=red")].repeat(4),
-            [("shop.test", "/app/x")].repeat(3),
-            [("shop.test", "/missing")].repeat(2),
-        ]
-        .concat();
+        let plan: Vec<(&str, &str)> =
+            [[("shop.test", "/?team=red")].repeat(4), [("shop.test", "/app/x")].repeat(3), [("shop.test", "/missing")].repeat(2)].concat();
         run_plan(port, &plan, 3);
 
         let page = http::get(status_port, "/status");
         assert_eq!(page.header("Content-Type"), Some("text/html"));
-        assert!(
-            !page.body.contains("src=\"http") && !page.body.contains("href=\"http"),
-            "no external assets"
-        );
+        assert!(!page.body.contains("src=\"http") && !page.body.contains("href=\"http"), "no external assets");
 
-        let dom = chromium(
-            &format!("http://127.0.0.1:{status_port}/status"),
-            &["--dump-dom"],
-        );
+        let dom = chromium(&format!("http://127.0.0.1:{status_port}/status"), &["--dump-dom"]);
         let cell = |zone: &str, field: &str| -> String {
             let marker = format!("data-zone=\"{zone}\" data-field=\"{field}\"");
-            let at = dom
-                .find(&marker)
-                .unwrap_or_else(|| panic!("no cell {zone}/{field} in the rendered DOM:\n{dom}"));
+            let at = dom.find(&marker).unwrap_or_else(|| panic!("no cell {zone}/{field} in the rendered DOM:\n{dom}"));
             let rest = &dom[at..];
             let start = rest.find('>').unwrap() + 1;
             let end = rest.find("</td>").unwrap();
             rest[start..end].to_string()
         };
-        assert!(
-            dom.contains("data-loaded=\"1\""),
-            "the script ran and loaded the JSON:\n{dom}"
-        );
+        assert!(dom.contains("data-loaded=\"1\""), "the script ran and loaded the JSON:\n{dom}");
         assert_eq!(cell("shop.test", "requestCounter"), "9");
         assert_eq!(cell("shop.test", "2xx"), "7");
         assert_eq!(cell("shop.test", "4xx"), "2");
@@ -2586,11 +1757,7 @@ fn dashboard_renders_live_numbers_in_chromium() {
         assert_eq!(cell("teams::* / red", "requestCounter"), "4");
         assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "requestCounter"), "3");
         assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "state"), "up");
-        assert_eq!(
-            cell(&format!("app@127.0.0.1:{b2}"), "state"),
-            "down",
-            "a down peer is shown"
-        );
+        assert_eq!(cell(&format!("app@127.0.0.1:{b2}"), "state"), "down", "a down peer is shown");
         assert_eq!(cell(&format!("app@127.0.0.1:{b2}"), "requestCounter"), "0");
         // after the second poll the rate is a number (no requests meanwhile: 0.0)
         assert_eq!(cell("shop.test", "rate"), "0.0");
@@ -2601,18 +1768,10 @@ fn dashboard_renders_live_numbers_in_chromium() {
             let _ = std::fs::remove_file(&shot);
             chromium(
                 &format!("http://127.0.0.1:{status_port}/status"),
-                &[
-                    &format!("--screenshot={}", shot.display()),
-                    "--window-size=1280,900",
-                    "--hide-scrollbars",
-                ],
+                &[&format!("--screenshot={}", shot.display()), "--window-size=1280,900", "--hide-scrollbars"],
             );
             let png = std::fs::read(&shot).expect("the screenshot is written");
-            assert!(
-                png.starts_with(b"\x89PNG") && png.len() > 10_000,
-                "a real screenshot: {} bytes",
-                png.len()
-            );
+            assert!(png.starts_with(b"\x89PNG") && png.len() > 10_000, "a real screenshot: {} bytes", png.len());
             println!("dashboard screenshot: {}", shot.display());
         }
         nginx.quit();
@@ -2652,41 +1811,20 @@ fn stats_by_upstream_and_average_directives() {
             assert_eq!(get_host(port, "u.test", path).status, 200, "{path}");
         }
         let j = status_json(status_port, "/status/format/json");
-        assert_eq!(
-            j.get("serverZones")
-                .get("u.test")
-                .get("requestCounter")
-                .u64(),
-            5
-        );
-        assert_eq!(
-            j.get("upstreamZones").get("back").arr()[0]
-                .get("requestCounter")
-                .u64(),
-            2
-        );
+        assert_eq!(j.get("serverZones").get("u.test").get("requestCounter").u64(), 5);
+        assert_eq!(j.get("upstreamZones").get("back").arr()[0].get("requestCounter").u64(), 2);
         nginx.quit();
     }
     let (_dir, root) = bundle(Strategy::Embed);
     let port = free_port();
-    for (directive, message) in [
-        (
-            "vhost_traffic_status_average_method XYZ;",
-            r#"invalid method "XYZ""#,
-        ),
-        (
-            "vhost_traffic_status_average_period soon;",
-            r#"invalid period "soon""#,
-        ),
-    ] {
+    for (directive, message) in
+        [("vhost_traffic_status_average_method XYZ;", r#"invalid method "XYZ""#), ("vhost_traffic_status_average_period soon;", r#"invalid period "soon""#)]
+    {
         let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
         let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
             Ok(_) => panic!("nginx started with {directive}"),
             Err(e) => e,
         };
-        assert!(
-            err.contains(message),
-            "{directive}: expected {message:?} in:\n{err}"
-        );
+        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
     }
 }

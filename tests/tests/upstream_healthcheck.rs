@@ -52,11 +52,7 @@ fn conf(strategy: Strategy, port: u16, http_body: &str) -> String {
         Strategy::Embed => "",
     };
     // a location proxying to upstream foo, when the test defines one
-    let foo_location = if http_body.contains("upstream foo ") {
-        "location /foo { proxy_pass http://foo; }"
-    } else {
-        ""
-    };
+    let foo_location = if http_body.contains("upstream foo ") { "location /foo { proxy_pass http://foo; }" } else { "" };
     format!(
         r#"worker_processes 2;
 error_log logs/error.log info;
@@ -111,11 +107,7 @@ fn start(strategy: Strategy, label: &str, http_body: &str) -> Running {
     let prefix = unpack_bundle(strategy, dir.path());
     let port = free_port();
     let nginx = Nginx::start(&prefix, &conf(strategy, port, http_body), &[port]);
-    Running {
-        _dir: dir,
-        nginx,
-        port,
-    }
+    Running { _dir: dir, nginx, port }
 }
 
 fn set_mode(path: &Path, mode: u32) {
@@ -151,22 +143,13 @@ fn lua_result(port: u16, code: &str) -> String {
 
 /// Calls `f(worker_id, body)` on GETs of `path` until it has held for every one of the 2
 /// workers on their latest answer; returns the time taken, None after `limit`.
-fn until_all_workers(
-    port: u16,
-    path: &str,
-    limit: Duration,
-    f: impl Fn(&str) -> bool,
-) -> Option<Duration> {
+fn until_all_workers(port: u16, path: &str, limit: Duration, f: impl Fn(&str) -> bool) -> Option<Duration> {
     let started = Instant::now();
     let mut ok = [false, false];
     while started.elapsed() < limit {
         let r = http::get(port, path);
         let (first, rest) = r.body.split_once('\n').unwrap_or((&r.body, ""));
-        let id: usize = first
-            .trim_start_matches("worker ")
-            .trim()
-            .parse()
-            .expect("worker id line");
+        let id: usize = first.trim_start_matches("worker ").trim().parse().expect("worker id line");
         ok[id] = f(rest);
         if ok.iter().all(|&x| x) {
             return Some(started.elapsed());
@@ -184,11 +167,7 @@ fn wait_log(nginx: &Nginx, from: usize, needle: &str, limit: Duration) -> Durati
         if log.get(from..).is_some_and(|l| l.contains(needle)) {
             return started.elapsed();
         }
-        assert!(
-            started.elapsed() < limit,
-            "no {needle:?} in the error log within {limit:?}:\n{}",
-            &log[from.min(log.len())..]
-        );
+        assert!(started.elapsed() < limit, "no {needle:?} in the error log within {limit:?}:\n{}", &log[from.min(log.len())..]);
         sleep(Duration::from_millis(20));
     }
 }
@@ -215,14 +194,7 @@ fn checker(upstream: &str, extra: &str) -> String {
 
 fn assert_no_unexpected_errors(nginx: &Nginx) {
     let log = nginx.error_log();
-    for bad in [
-        "[emerg]",
-        "[alert]",
-        "[crit]",
-        "failed to spawn health checker",
-        "lua entry thread aborted",
-        "runtime error",
-    ] {
+    for bad in ["[emerg]", "[alert]", "[crit]", "failed to spawn health checker", "lua entry thread aborted", "runtime error"] {
         assert!(!log.contains(bad), "{bad} in the error log:\n{log}");
     }
 }
@@ -283,22 +255,13 @@ fn ngx_upstream_api_on(strategy: Strategy) {
     let dir = temp_dir(&format!("issue4-api-{}", strategy.name()));
     set_mode(dir.path(), 0o755);
     let prefix = unpack_bundle(strategy, dir.path());
-    let full = conf(strategy, port, &http_body).replace(
-        "        location /foo {",
-        &format!("{extra_locations}        location /foo {{"),
-    );
+    let full = conf(strategy, port, &http_body).replace("        location /foo {", &format!("{extra_locations}        location /foo {{"));
     assert!(full.contains("location /bar"));
     let nginx = Nginx::start(&prefix, &full, &[port]);
 
     // get_upstreams: configuration order, implicit upstreams as host:port
-    assert_eq!(
-        lua_result(port, "local up = ... return up.get_upstreams()"),
-        format!(r#"true|{{"foo","bar","127.0.0.1:{pa}"}}|nil"#)
-    );
-    assert_eq!(
-        lua_result(port, "local up = ... return up.get_upstreams(1)"),
-        "false|\"no argument expected\"|nil"
-    );
+    assert_eq!(lua_result(port, "local up = ... return up.get_upstreams()"), format!(r#"true|{{"foo","bar","127.0.0.1:{pa}"}}|nil"#));
+    assert_eq!(lua_result(port, "local up = ... return up.get_upstreams(1)"), "false|\"no argument expected\"|nil");
 
     // get_servers
     assert_eq!(
@@ -316,19 +279,9 @@ fn ngx_upstream_api_on(strategy: Strategy) {
             d = pd
         )
     );
-    assert_eq!(
-        lua_result(port, "local up = ... return up.get_servers()"),
-        "false|\"exactly one argument expected\"|nil"
-    );
-    assert_eq!(
-        lua_result(port, r#"local up = ... return up.get_servers("nope")"#),
-        "true|nil|\"upstream not found\""
-    );
-    assert!(lua_result(
-        port,
-        &format!(r#"local up = ... return up.get_servers("127.0.0.1:{pa}")"#)
-    )
-    .starts_with(&format!(r#"true|{{{{addr="127.0.0.1:{pa}""#)));
+    assert_eq!(lua_result(port, "local up = ... return up.get_servers()"), "false|\"exactly one argument expected\"|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_servers("nope")"#), "true|nil|\"upstream not found\"");
+    assert!(lua_result(port, &format!(r#"local up = ... return up.get_servers("127.0.0.1:{pa}")"#)).starts_with(&format!(r#"true|{{{{addr="127.0.0.1:{pa}""#)));
 
     // get_primary_peers / get_backup_peers
     let primary = lua_result(port, r#"local up = ... return up.get_primary_peers("foo")"#);
@@ -347,159 +300,61 @@ fn ngx_upstream_api_on(strategy: Strategy) {
     );
     assert_eq!(
         lua_result(port, r#"local up = ... return up.get_backup_peers("foo")"#),
-        format!(
-            r#"true|{{{{conns=0,current_weight=0,effective_weight=1,fail_timeout=10,fails=0,id=0,max_fails=1,name="127.0.0.1:{pc}",weight=1}}}}|nil"#
-        )
+        format!(r#"true|{{{{conns=0,current_weight=0,effective_weight=1,fail_timeout=10,fails=0,id=0,max_fails=1,name="127.0.0.1:{pc}",weight=1}}}}|nil"#)
     );
-    assert_eq!(
-        lua_result(port, r#"local up = ... return up.get_backup_peers("bar")"#),
-        "true|{}|nil"
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.get_primary_peers("nope")"#
-        ),
-        "true|nil|\"upstream not found\""
-    );
-    assert_eq!(
-        lua_result(port, r#"local up = ... return up.get_backup_peers("nope")"#),
-        "true|nil|\"upstream not found\""
-    );
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_backup_peers("bar")"#), "true|{}|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_primary_peers("nope")"#), "true|nil|\"upstream not found\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.get_backup_peers("nope")"#), "true|nil|\"upstream not found\"");
 
     // set_peer_down errors
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("foo", false, 0)"#
-        ),
-        "false|\"exactly 4 arguments expected\"|nil"
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("nope", false, 0, true)"#
-        ),
-        "true|nil|\"upstream not found\""
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("foo", false, 3, true)"#
-        ),
-        "true|nil|\"bad peer id\""
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("foo", true, 1, true)"#
-        ),
-        "true|nil|\"bad peer id\""
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("foo", false, -1, true)"#
-        ),
-        "true|nil|\"bad peer id\""
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("bar", true, 0, true)"#
-        ),
-        "true|nil|\"no backup peers\""
-    );
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, 0)"#), "false|\"exactly 4 arguments expected\"|nil");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("nope", false, 0, true)"#), "true|nil|\"upstream not found\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, 3, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", true, 1, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("foo", false, -1, true)"#), "true|nil|\"bad peer id\"");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", true, 0, true)"#), "true|nil|\"no backup peers\"");
 
     // current_upstream_name: nil before an upstream is chosen, the name once proxied
-    assert_eq!(
-        lua_result(port, "local up = ... return up.current_upstream_name()"),
-        "true|nil|nil"
-    );
+    assert_eq!(lua_result(port, "local up = ... return up.current_upstream_name()"), "true|nil|nil");
     let r = http::get(port, "/bar");
     assert_eq!(r.status, 200);
     assert_eq!(r.header("X-Upstream"), Some("bar"));
     assert_eq!(http::get(port, "/implicit").status, 200);
 
     // outside requests: init_worker and a timer
-    assert_eq!(
-        lua_result(port, r#"return ngx.shared.probe:get("init_worker")"#),
-        format!(r#"true|"{{\"foo\",\"bar\",\"127.0.0.1:{pa}\"}} {{true}}"|nil"#)
-    );
-    assert_eq!(
-        lua_result(port, r#"return ngx.shared.probe:get("timer")"#),
-        r#"true|"2 {true}"|nil"#
-    );
+    assert_eq!(lua_result(port, r#"return ngx.shared.probe:get("init_worker")"#), format!(r#"true|"{{\"foo\",\"bar\",\"127.0.0.1:{pa}\"}} {{true}}"|nil"#));
+    assert_eq!(lua_result(port, r#"return ngx.shared.probe:get("timer")"#), r#"true|"2 {true}"|nil"#);
 
     // With a zone, set_peer_down in one worker is seen by both and steers traffic.
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("bar", false, 0, true)"#
-        ),
-        "true|true|nil"
-    );
-    let seen = workers_agree(
-        port,
-        r#"local up = ... return up.get_primary_peers("bar")[1].down"#,
-        "true",
-    );
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", false, 0, true)"#), "true|true|nil");
+    let seen = workers_agree(port, r#"local up = ... return up.get_primary_peers("bar")[1].down"#, "true");
     assert!(seen, "a zone peer set down in one worker is down in both");
     let before = a.proxied();
     for _ in 0..20 {
         assert_eq!(http::get(port, "/bar").status, 200);
     }
-    assert_eq!(
-        a.proxied(),
-        before,
-        "no request reaches a peer that is down"
-    );
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... return up.set_peer_down("bar", false, 0, false)"#
-        ),
-        "true|true|nil"
-    );
-    assert!(workers_agree(
-        port,
-        r#"local up = ... return up.get_primary_peers("bar")[1].down"#,
-        "nil"
-    ));
+    assert_eq!(a.proxied(), before, "no request reaches a peer that is down");
+    assert_eq!(lua_result(port, r#"local up = ... return up.set_peer_down("bar", false, 0, false)"#), "true|true|nil");
+    assert!(workers_agree(port, r#"local up = ... return up.get_primary_peers("bar")[1].down"#, "nil"));
 
     // Without a zone, only the calling worker changes.
-    let out = lua(
-        port,
-        r#"local up = ... return up.set_peer_down("foo", false, 1, true)"#,
-    );
+    let out = lua(port, r#"local up = ... return up.set_peer_down("foo", false, 1, true)"#);
     let changed = out.split('|').next().unwrap().to_owned();
     let mut other_seen = false;
     for _ in 0..200 {
-        let out = lua(
-            port,
-            r#"local up = ... return up.get_primary_peers("foo")[2].down"#,
-        );
+        let out = lua(port, r#"local up = ... return up.get_primary_peers("foo")[2].down"#);
         let (id, rest) = out.split_once('|').unwrap();
         if id == changed {
             assert_eq!(rest, "true|true|nil");
         } else {
-            assert_eq!(
-                rest, "true|nil|nil",
-                "without a zone the other worker keeps its own peers"
-            );
+            assert_eq!(rest, "true|nil|nil", "without a zone the other worker keeps its own peers");
             other_seen = true;
             break;
         }
     }
     assert!(other_seen, "both workers answered");
     // bringing a peer up resets its fails
-    assert_eq!(
-        lua_result(
-            port,
-            r#"local up = ... up.set_peer_down("bar", false, 1, false) return up.get_primary_peers("bar")[2].fails"#
-        ),
-        "true|0|nil"
-    );
+    assert_eq!(lua_result(port, r#"local up = ... up.set_peer_down("bar", false, 1, false) return up.get_primary_peers("bar")[2].fails"#), "true|0|nil");
 
     assert_no_unexpected_errors(&nginx);
     drop((a, b, c, d));
@@ -528,11 +383,7 @@ fn workers_agree(port: u16, code: &str, expected: &str) -> bool {
 #[test]
 fn healthcheck_spawn_checker_validation() {
     for strategy in Strategy::ALL {
-        let running = start(
-            strategy,
-            "validate",
-            "lua_shared_dict healthcheck 1m;\n    upstream foo { server 127.0.0.1:1; }\n",
-        );
+        let running = start(strategy, "validate", "lua_shared_dict healthcheck 1m;\n    upstream foo { server 127.0.0.1:1; }\n");
         let code = r#"
             local hc = require "resty.upstream.healthcheck"
             local R = "GET / HTTP/1.0\r\n\r\n"
@@ -567,17 +418,9 @@ fn healthcheck_spawn_checker_validation() {
             r#"nil:"http_req" option required"#,
         ]
         .join("\n");
-        let got: String = out
-            .strip_prefix("true|")
-            .unwrap()
-            .strip_suffix("|nil")
-            .unwrap()
-            .to_owned();
+        let got: String = out.strip_prefix("true|").unwrap().strip_suffix("|nil").unwrap().to_owned();
         // %q escapes newlines as "\<newline>" and quotes as \"
-        let got = got
-            .trim_matches('"')
-            .replace("\\\n", "\n")
-            .replace("\\\"", "\"");
+        let got = got.trim_matches('"').replace("\\\n", "\n").replace("\\\"", "\"");
         assert_eq!(got, expected, "{}", strategy.name());
         running.nginx.quit();
     }
@@ -612,8 +455,7 @@ fn fall_rise_on(strategy: Strategy) {
     let running = start(strategy, "fallrise", &http_body);
     let (nginx, port) = (&running.nginx, running.port);
     let all_up = |s: &str| !s.contains("DOWN");
-    until_all_workers(port, "/status-w", Duration::from_secs(5), all_up)
-        .expect("all peers up at start");
+    until_all_workers(port, "/status-w", Duration::from_secs(5), all_up).expect("all peers up at start");
 
     let peer_a = format!("127.0.0.1:{pa}");
     let cases: [(Mode, &[&str]); 5] = [
@@ -633,37 +475,16 @@ fn fall_rise_on(strategy: Strategy) {
     for (mode, errors) in cases {
         let from = log_len(nginx);
         a.set_mode(mode);
-        let down_after = wait_log(
-            nginx,
-            from,
-            &format!(
-                "warn(): healthcheck: peer {peer_a} is turned down after 2 failure(s), context: "
-            ),
-            Duration::from_secs(10),
-        );
+        let down_after =
+            wait_log(nginx, from, &format!("warn(): healthcheck: peer {peer_a} is turned down after 2 failure(s), context: "), Duration::from_secs(10));
         let log = nginx.error_log()[from..].to_owned();
-        assert!(
-            errors
-                .iter()
-                .any(|e| log.contains(&e.replace("PEER", &peer_a))),
-            "{mode:?}: expected one of {errors:?} in:\n{log}"
-        );
+        assert!(errors.iter().any(|e| log.contains(&e.replace("PEER", &peer_a))), "{mode:?}: expected one of {errors:?} in:\n{log}");
         let line = format!("        {peer_a} DOWN\n");
-        let agree = until_all_workers(
-            port,
-            "/status-w",
-            Duration::from_millis(3 * INTERVAL_MS),
-            |s| s.contains(&line),
-        )
-        .unwrap_or_else(|| {
-            panic!("{mode:?}: not every worker shows {peer_a} DOWN within 3 intervals")
-        });
+        let agree = until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), |s| s.contains(&line))
+            .unwrap_or_else(|| panic!("{mode:?}: not every worker shows {peer_a} DOWN within 3 intervals"));
         eprintln!("[{}] {mode:?}: turned down {down_after:?} after the failure began; every worker agreed {agree:?} later", strategy.name());
         // fall = 2 failures at 500 ms intervals (+ the 300 ms timeout for Hang)
-        assert!(
-            down_after < Duration::from_millis(4 * INTERVAL_MS),
-            "{mode:?}: took {down_after:?}"
-        );
+        assert!(down_after < Duration::from_millis(4 * INTERVAL_MS), "{mode:?}: took {down_after:?}");
 
         sleep(Duration::from_millis(INTERVAL_MS + 100));
         let before = a.proxied();
@@ -672,77 +493,32 @@ fn fall_rise_on(strategy: Strategy) {
             assert_eq!(r.status, 200, "{}", r.body);
             assert!(r.body.starts_with("backend=b "), "{}", r.body);
         }
-        assert_eq!(
-            a.proxied(),
-            before,
-            "{mode:?}: no proxied request reaches the down peer"
-        );
+        assert_eq!(a.proxied(), before, "{mode:?}: no proxied request reaches the down peer");
 
         let from = log_len(nginx);
         a.set_mode(Mode::OK);
-        let up_after = wait_log(
-            nginx,
-            from,
-            &format!(
-                "warn(): healthcheck: peer {peer_a} is turned up after 2 success(es), context: "
-            ),
-            Duration::from_secs(10),
-        );
-        until_all_workers(
-            port,
-            "/status-w",
-            Duration::from_millis(3 * INTERVAL_MS),
-            all_up,
-        )
-        .expect("every worker shows it up again");
-        eprintln!(
-            "[{}] {mode:?}: turned up {up_after:?} after recovery",
-            strategy.name()
-        );
+        let up_after =
+            wait_log(nginx, from, &format!("warn(): healthcheck: peer {peer_a} is turned up after 2 success(es), context: "), Duration::from_secs(10));
+        until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), all_up).expect("every worker shows it up again");
+        eprintln!("[{}] {mode:?}: turned up {up_after:?} after recovery", strategy.name());
     }
 
     // Probe errors are logged while the peer is up, not on every round while it is down.
     let from = log_len(nginx);
     a.set_mode(Mode::ERROR);
-    wait_log(
-        nginx,
-        from,
-        &format!("peer {peer_a} is turned down"),
-        Duration::from_secs(10),
-    );
+    wait_log(nginx, from, &format!("peer {peer_a} is turned down"), Duration::from_secs(10));
     let mark = log_len(nginx);
     sleep(Duration::from_millis(4 * INTERVAL_MS));
-    assert!(
-        !nginx.error_log()[mark..].contains(&format!("bad status code from {peer_a}")),
-        "no error lines while down"
-    );
+    assert!(!nginx.error_log()[mark..].contains(&format!("bad status code from {peer_a}")), "no error lines while down");
     a.set_mode(Mode::OK);
-    wait_log(
-        nginx,
-        mark,
-        &format!("peer {peer_a} is turned up"),
-        Duration::from_secs(10),
-    );
+    wait_log(nginx, mark, &format!("peer {peer_a} is turned up"), Duration::from_secs(10));
 
     // Backup peers are checked too.
     let from = log_len(nginx);
     c.set_mode(Mode::ERROR);
-    wait_log(
-        nginx,
-        from,
-        &format!(
-            "warn(): healthcheck: peer 127.0.0.1:{pc} is turned down after 2 failure(s), context: "
-        ),
-        Duration::from_secs(10),
-    );
+    wait_log(nginx, from, &format!("warn(): healthcheck: peer 127.0.0.1:{pc} is turned down after 2 failure(s), context: "), Duration::from_secs(10));
     let backup_line = format!("    Backup Peers\n        127.0.0.1:{pc} DOWN\n");
-    until_all_workers(
-        port,
-        "/status-w",
-        Duration::from_millis(3 * INTERVAL_MS),
-        |s| s.contains(&backup_line),
-    )
-    .expect("backup down everywhere");
+    until_all_workers(port, "/status-w", Duration::from_millis(3 * INTERVAL_MS), |s| s.contains(&backup_line)).expect("backup down everywhere");
     assert!(c.probes() > 0 && b.probes() > 0);
 
     assert_no_unexpected_errors(nginx);
@@ -777,10 +553,7 @@ fn healthcheck_status_pages_exact() {
         let running = start(strategy, "pages", &http_body);
         let port = running.port;
         let down = format!("127.0.0.1:{pb} DOWN");
-        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| {
-            s.contains(&down)
-        })
-        .expect("b turned down");
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s.contains(&down)).expect("b turned down");
 
         let status = http::get(port, "/status").body;
         assert_eq!(
@@ -813,37 +586,23 @@ fn healthcheck_status_pages_exact() {
         ]
         .concat();
         // The original's families come first and unchanged; the probe metrics follow.
-        let (original, probes) = metrics.split_at(
-            metrics
-                .find("# HELP nginx_upstream_probe_")
-                .unwrap_or(metrics.len()),
-        );
+        let (original, probes) = metrics.split_at(metrics.find("# HELP nginx_upstream_probe_").unwrap_or(metrics.len()));
         assert_eq!(original, expected);
         for ep in [pa, pb, pc] {
             let series = format!("nginx_upstream_probe_failures_total{{name=\"foo\",endpoint=\"127.0.0.1:{ep}\",role=");
             assert!(probes.contains(&series), "{series} in:\n{probes}");
         }
-        assert!(
-            !probes.contains("name=\"bar\""),
-            "no probe metrics for an upstream without a checker:\n{probes}"
-        );
+        assert!(!probes.contains("name=\"bar\""), "no probe metrics for an upstream without a checker:\n{probes}");
 
         // every peer down: the upstream is DOWN
         a.set_mode(Mode::ERROR);
         c.set_mode(Mode::ERROR);
         let foo_down = format!("        127.0.0.1:{pa} DOWN\n        127.0.0.1:{pb} DOWN\n    Backup Peers\n        127.0.0.1:{pc} DOWN\n");
         let all_down = |s: &str| s.contains(&foo_down);
-        until_all_workers(port, "/status-w", Duration::from_secs(6), all_down)
-            .expect("all of foo down");
+        until_all_workers(port, "/status-w", Duration::from_secs(6), all_down).expect("all of foo down");
         let metrics = http::get(port, "/metrics").body;
-        assert!(
-            metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"UP\"} 0\n"),
-            "{metrics}"
-        );
-        assert!(
-            metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"DOWN\"} 1\n"),
-            "{metrics}"
-        );
+        assert!(metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"UP\"} 0\n"), "{metrics}");
+        assert!(metrics.contains("nginx_upstream_status_info{name=\"foo\",status=\"DOWN\"} 1\n"), "{metrics}");
         assert_no_unexpected_errors(&running.nginx);
         running.nginx.quit();
     }
@@ -862,17 +621,12 @@ fn healthcheck_reload_keeps_state_by_peer_name() {
                 checker("foo", "valid_statuses = {200},")
             )
         };
-        let first = body(&format!(
-            "        server 127.0.0.1:{pa};\n        server 127.0.0.1:{pb};\n"
-        ));
+        let first = body(&format!("        server 127.0.0.1:{pa};\n        server 127.0.0.1:{pb};\n"));
         let mut running = start(strategy, "reload", &first);
         let port = running.port;
         a.set_mode(Mode::ERROR);
         let down_a = format!("127.0.0.1:{pa} DOWN");
-        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| {
-            s.contains(&down_a)
-        })
-        .expect("a down");
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s.contains(&down_a)).expect("a down");
 
         // Reload with the servers reordered and one added: a is now peer 1, b peer 0.
         let second = body(&format!("        server 127.0.0.1:{pb};\n        server 127.0.0.1:{pa};\n        server 127.0.0.1:{pe};\n"));
@@ -880,37 +634,27 @@ fn healthcheck_reload_keeps_state_by_peer_name() {
         let from = log_len(&running.nginx);
         running.nginx.reload(&full);
         let expected = format!("    Primary Peers\n        127.0.0.1:{pb} UP\n        127.0.0.1:{pa} DOWN\n        127.0.0.1:{pe} UP\n");
-        let took = until_all_workers(
-            port,
-            "/status-w",
-            Duration::from_millis(2 * INTERVAL_MS),
-            |s| s.contains(&expected),
-        )
-        .expect("after the reload each peer keeps its own state");
-        eprintln!(
-            "[{}] state applied by the new workers {took:?} after the reload",
-            strategy.name()
-        );
+        let took = until_all_workers(port, "/status-w", Duration::from_millis(2 * INTERVAL_MS), |s| s.contains(&expected))
+            .expect("after the reload each peer keeps its own state");
+        eprintln!("[{}] state applied by the new workers {took:?} after the reload", strategy.name());
         let log = running.nginx.error_log()[from..].to_owned();
-        assert!(
-            !log.contains("is turned down"),
-            "no peer had to fail again after the reload:\n{log}"
-        );
+        assert!(!log.contains("is turned down"), "no peer had to fail again after the reload:\n{log}");
 
         sleep(Duration::from_millis(INTERVAL_MS));
         let before = a.proxied();
         for _ in 0..20 {
             assert_eq!(http::get(port, "/foo/x").status, 200);
         }
-        assert_eq!(
-            a.proxied(),
-            before,
-            "the down peer gets no traffic after the reload"
-        );
+        assert_eq!(a.proxied(), before, "the down peer gets no traffic after the reload");
 
         let from = log_len(&running.nginx);
         a.set_mode(Mode::OK);
-        wait_log(&running.nginx, from, &format!("warn(): healthcheck: peer 127.0.0.1:{pa} is turned up after 2 success(es), context: "), Duration::from_secs(10));
+        wait_log(
+            &running.nginx,
+            from,
+            &format!("warn(): healthcheck: peer 127.0.0.1:{pa} is turned up after 2 success(es), context: "),
+            Duration::from_secs(10),
+        );
         assert_no_unexpected_errors(&running.nginx);
         running.nginx.quit();
     }
@@ -950,41 +694,17 @@ fn healthcheck_one_worker_probes_per_interval_and_shared_shm() {
         sleep(Duration::from_millis(6 * INTERVAL_MS));
         let probes = a.probes();
         let rounds = started.elapsed().as_millis() as usize / INTERVAL_MS as usize;
-        eprintln!(
-            "[{}] {probes} probes in {rounds} intervals with 2 workers",
-            strategy.name()
-        );
-        assert!(
-            probes >= rounds - 2 && probes <= rounds + 1,
-            "one probe per interval, not one per worker: {probes} in {rounds}"
-        );
+        eprintln!("[{}] {probes} probes in {rounds} intervals with 2 workers", strategy.name());
+        assert!(probes >= rounds - 2 && probes <= rounds + 1, "one probe per interval, not one per worker: {probes} in {rounds}");
 
         // Several upstreams in one shm keep separate state.
         let status = http::get(port, "/status").body;
-        assert!(
-            status.contains(&format!(
-                "Upstream foo\n    Primary Peers\n        127.0.0.1:{pa} UP\n"
-            )),
-            "{status}"
-        );
-        assert!(
-            status.contains(&format!(
-                "Upstream bar\n    Primary Peers\n        127.0.0.1:{pb} DOWN\n"
-            )),
-            "{status}"
-        );
+        assert!(status.contains(&format!("Upstream foo\n    Primary Peers\n        127.0.0.1:{pa} UP\n")), "{status}");
+        assert!(status.contains(&format!("Upstream bar\n    Primary Peers\n        127.0.0.1:{pb} DOWN\n")), "{status}");
         // The port override: the peer is up because `target` answers its probes.
-        assert!(
-            status.contains(&format!(
-                "Upstream p\n    Primary Peers\n        127.0.0.1:{unused} UP\n"
-            )),
-            "{status}"
-        );
+        assert!(status.contains(&format!("Upstream p\n    Primary Peers\n        127.0.0.1:{unused} UP\n")), "{status}");
         assert!(target.probes() > 0);
-        assert!(target
-            .requests()
-            .iter()
-            .all(|r| r.line == "GET /health HTTP/1.0"));
+        assert!(target.requests().iter().all(|r| r.line == "GET /health HTTP/1.0"));
         assert_no_unexpected_errors(&running.nginx);
         running.nginx.quit();
     }
@@ -1053,14 +773,8 @@ fn healthcheck_https_sni_and_verify() {
             "{log}"
         );
         let snis: Vec<Option<String>> = tls.requests().iter().map(|r| r.sni.clone()).collect();
-        assert!(
-            snis.contains(&Some("secure.test".to_owned())),
-            "SNI of the good checker: {snis:?}"
-        );
-        assert!(
-            snis.contains(&Some("other.test".to_owned())),
-            "SNI of the no-verify checker: {snis:?}"
-        );
+        assert!(snis.contains(&Some("secure.test".to_owned())), "SNI of the good checker: {snis:?}");
+        assert!(snis.contains(&Some("other.test".to_owned())), "SNI of the no-verify checker: {snis:?}");
         nginx.quit();
     }
 }
@@ -1096,11 +810,7 @@ impl TinyServer {
                 }
             }
         });
-        TinyServer {
-            stop,
-            hits,
-            thread: Some(thread),
-        }
+        TinyServer { stop, hits, thread: Some(thread) }
     }
 
     fn hits(&self) -> usize {
@@ -1117,9 +827,7 @@ impl Drop for TinyServer {
     }
 }
 
-fn accept_unix(
-    l: &std::os::unix::net::UnixListener,
-) -> std::io::Result<std::os::unix::net::UnixStream> {
+fn accept_unix(l: &std::os::unix::net::UnixListener) -> std::io::Result<std::os::unix::net::UnixStream> {
     let (s, _) = l.accept()?;
     s.set_nonblocking(false)?;
     s.set_read_timeout(Some(Duration::from_secs(2)))?;
@@ -1175,12 +883,7 @@ fn healthcheck_ipv6_unix_peers_and_label_escaping() {
         while (unix_server.hits() < 2 || v6_server.hits() < 2) && Instant::now() < deadline {
             sleep(Duration::from_millis(50));
         }
-        assert!(
-            unix_server.hits() >= 2 && v6_server.hits() >= 2,
-            "both peers probed: unix {} ipv6 {}",
-            unix_server.hits(),
-            v6_server.hits()
-        );
+        assert!(unix_server.hits() >= 2 && v6_server.hits() >= 2, "both peers probed: unix {} ipv6 {}", unix_server.hits(), v6_server.hits());
         assert_eq!(
             http::get(port, "/status").body,
             format!("Upstream we\"ird\\x\n    Primary Peers\n        unix:{sock} UP\n        [::1]:{p6} UP\n    Backup Peers\n")
@@ -1189,12 +892,7 @@ fn healthcheck_ipv6_unix_peers_and_label_escaping() {
         let name = r#"name="we\"ird\\x""#;
         assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},endpoint=\"unix:{sock}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")), "{metrics}");
         assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},endpoint=\"[::1]:{p6}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")), "{metrics}");
-        assert!(
-            metrics.contains(&format!(
-                "nginx_upstream_status_info{{{name},status=\"UP\"}} 1\n"
-            )),
-            "{metrics}"
-        );
+        assert!(metrics.contains(&format!("nginx_upstream_status_info{{{name},status=\"UP\"}} 1\n")), "{metrics}");
 
         assert_no_unexpected_errors(&nginx);
 
@@ -1204,9 +902,7 @@ fn healthcheck_ipv6_unix_peers_and_label_escaping() {
         drop(unix_server);
         let _ = fs::remove_file(&sock_path);
         wait_log(&nginx, from, &format!("healthcheck: peer unix:{sock} is turned down after 2 failure(s) (upstream we\"ird\\x)"), Duration::from_secs(10));
-        assert!(nginx.error_log()[from..].contains(&format!(
-            "errlog(): healthcheck: failed to connect to unix:{sock}: "
-        )));
+        assert!(nginx.error_log()[from..].contains(&format!("errlog(): healthcheck: failed to connect to unix:{sock}: ")));
         nginx.quit();
         drop(v6_server);
     }
@@ -1217,13 +913,8 @@ fn healthcheck_concurrency_checks_many_peers_in_parallel() {
     const PEERS: usize = 60;
     const HANGING: usize = 30;
     for strategy in Strategy::ALL {
-        let backends: Vec<Backend> = (0..PEERS)
-            .map(|i| Backend::http(&format!("peer{i}")))
-            .collect();
-        let servers: String = backends
-            .iter()
-            .map(|b| format!("server 127.0.0.1:{};\n", b.port()))
-            .collect();
+        let backends: Vec<Backend> = (0..PEERS).map(|i| Backend::http(&format!("peer{i}"))).collect();
+        let servers: String = backends.iter().map(|b| format!("server 127.0.0.1:{};\n", b.port())).collect();
         let http_body = format!(
             "    lua_shared_dict healthcheck 4m;\n    upstream big {{\n{servers}    }}\n    init_worker_by_lua_block {{\n{}\n    }}\n",
             checker("big", "concurrency = 10,")
@@ -1243,38 +934,18 @@ fn healthcheck_concurrency_checks_many_peers_in_parallel() {
             if down == HANGING {
                 break status;
             }
-            assert!(
-                started.elapsed() < Duration::from_secs(8),
-                "{down} of {HANGING} peers down after {:?}:\n{status}",
-                started.elapsed()
-            );
+            assert!(started.elapsed() < Duration::from_secs(8), "{down} of {HANGING} peers down after {:?}:\n{status}", started.elapsed());
             sleep(Duration::from_millis(50));
         };
-        eprintln!(
-            "[{}] {HANGING} hanging peers of {PEERS} down after {:?}",
-            strategy.name(),
-            started.elapsed()
-        );
+        eprintln!("[{}] {HANGING} hanging peers of {PEERS} down after {:?}", strategy.name(), started.elapsed());
         for b in &backends[..HANGING] {
-            assert!(
-                all_down.contains(&format!("127.0.0.1:{} DOWN\n", b.port())),
-                "{all_down}"
-            );
+            assert!(all_down.contains(&format!("127.0.0.1:{} DOWN\n", b.port())), "{all_down}");
         }
         for b in &backends[HANGING..] {
-            assert!(
-                all_down.contains(&format!("127.0.0.1:{} UP\n", b.port())),
-                "{all_down}"
-            );
+            assert!(all_down.contains(&format!("127.0.0.1:{} UP\n", b.port())), "{all_down}");
         }
         let log = running.nginx.error_log();
-        assert_eq!(
-            log[from..]
-                .matches("is turned down after 2 failure(s)")
-                .count(),
-            HANGING,
-            "one warning per hanging peer"
-        );
+        assert_eq!(log[from..].matches("is turned down after 2 failure(s)").count(), HANGING, "one warning per hanging peer");
         assert_no_unexpected_errors(&running.nginx);
         running.nginx.quit();
     }
@@ -1294,10 +965,7 @@ fn module_lines(log: &str) -> Vec<String> {
             continue;
         };
         let rest = &line[at + "[lua] ".len()..];
-        let end = rest
-            .find(", context: ")
-            .or_else(|| rest.find(", client: "))
-            .unwrap_or(rest.len());
+        let end = rest.find(", context: ").or_else(|| rest.find(", client: ")).unwrap_or(rest.len());
         out.push(rest[..end].to_owned());
     }
     out
@@ -1308,38 +976,20 @@ fn module_lines(log: &str) -> Vec<String> {
 fn split_location(line: &str) -> (String, String) {
     let rest = line.strip_prefix("healthcheck.lua:").unwrap();
     let (number, rest) = rest.split_once(": ").unwrap();
-    assert!(
-        !number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()),
-        "line number in {line}"
-    );
-    let (func, _) = rest
-        .split_once("(): ")
-        .unwrap_or_else(|| panic!("no function name in {line}"));
-    assert!(
-        !func.is_empty() && func.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'),
-        "function name in {line}"
-    );
-    (
-        format!("healthcheck.lua:{number}: {func}()"),
-        rest.to_owned(),
-    )
+    assert!(!number.is_empty() && number.bytes().all(|b| b.is_ascii_digit()), "line number in {line}");
+    let (func, _) = rest.split_once("(): ").unwrap_or_else(|| panic!("no function name in {line}"));
+    assert!(!func.is_empty() && func.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_'), "function name in {line}");
+    (format!("healthcheck.lua:{number}: {func}()"), rest.to_owned())
 }
 
 /// Waits until the error log holds `line` as a whole module message (see [`module_lines`]).
 fn wait_module_line(nginx: &Nginx, line: &str, limit: Duration) -> Duration {
     let started = Instant::now();
     loop {
-        if module_lines(&nginx.error_log())
-            .iter()
-            .any(|l| split_location(l).1 == line)
-        {
+        if module_lines(&nginx.error_log()).iter().any(|l| split_location(l).1 == line) {
             return started.elapsed();
         }
-        assert!(
-            started.elapsed() < limit,
-            "no line {line:?} within {limit:?}:\n{}",
-            module_lines(&nginx.error_log()).join("\n")
-        );
+        assert!(started.elapsed() < limit, "no line {line:?} within {limit:?}:\n{}", module_lines(&nginx.error_log()).join("\n"));
         sleep(Duration::from_millis(20));
     }
 }
@@ -1347,9 +997,7 @@ fn wait_module_line(nginx: &Nginx, line: &str, limit: Duration) -> Duration {
 /// `n` distinct ports that were free a moment ago: bound all at once, then released (one
 /// `free_port()` after another may hand out the same port twice).
 fn free_ports<const N: usize>() -> [u16; N] {
-    let listeners: Vec<std::net::TcpListener> = (0..N)
-        .map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap())
-        .collect();
+    let listeners: Vec<std::net::TcpListener> = (0..N).map(|_| std::net::TcpListener::bind("127.0.0.1:0").unwrap()).collect();
     std::array::from_fn(|i| listeners[i].local_addr().unwrap().port())
 }
 
@@ -1366,16 +1014,7 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
         let [refused, nt, nt_port, port, b0, b1, b2, b3, b4, b5, b6] = free_ports();
         let bar = [b0, b1, b2, b3, b4, b5, b6];
         let (po, pn, ph) = (ok.port(), notfound.port(), hang.port());
-        let bar_servers: String = bar
-            .iter()
-            .enumerate()
-            .map(|(i, p)| {
-                format!(
-                    "server 127.0.0.1:{p}{};\n",
-                    if i >= 5 { " backup" } else { "" }
-                )
-            })
-            .collect();
+        let bar_servers: String = bar.iter().enumerate().map(|(i, p)| format!("server 127.0.0.1:{p}{};\n", if i >= 5 { " backup" } else { "" })).collect();
         let http_body = format!(
             r#"
     lua_shared_dict healthcheck 1m;
@@ -1422,98 +1061,43 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
 
         let peer = |p: u16| format!("127.0.0.1:{p}");
         for p in [pn, ph, refused] {
-            wait_module_line(
-                &nginx,
-                &format!(
-                    "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
-                    peer(p)
-                ),
-                Duration::from_secs(10),
-            );
+            wait_module_line(&nginx, &format!("warn(): healthcheck: peer {} is turned down after 2 failure(s)", peer(p)), Duration::from_secs(10));
         }
         wait_module_line(
             &nginx,
-            &format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s) (upstream bar)",
-                peer(bar[6])
-            ),
+            &format!("warn(): healthcheck: peer {} is turned down after 2 failure(s) (upstream bar)", peer(bar[6])),
             Duration::from_secs(10),
         );
         hang.set_mode(Mode::OK);
-        wait_module_line(
-            &nginx,
-            &format!(
-                "warn(): healthcheck: peer {} is turned up after 2 success(es)",
-                peer(ph)
-            ),
-            Duration::from_secs(10),
-        );
+        wait_module_line(&nginx, &format!("warn(): healthcheck: peer {} is turned up after 2 success(es)", peer(ph)), Duration::from_secs(10));
 
         // no_timer: one round in the calling request, no timer afterwards.
         let r = http::get(nt_port, "/nt");
         assert!(r.body.starts_with("true nil\n"), "{}", r.body);
-        assert!(
-            r.body.contains(&format!(
-                "Upstream nt\n    Primary Peers\n        {} DOWN\n    Backup Peers\n",
-                peer(nt)
-            )),
-            "{}",
-            r.body
-        );
+        assert!(r.body.contains(&format!("Upstream nt\n    Primary Peers\n        {} DOWN\n    Backup Peers\n", peer(nt))), "{}", r.body);
         sleep(Duration::from_millis(3 * INTERVAL_MS));
         let log = nginx.error_log();
-        let nt_checks = module_lines(&log)
-            .iter()
-            .filter(|l| l.ends_with(&format!("peer {} was checked to be not ok", peer(nt))))
-            .count();
+        let nt_checks = module_lines(&log).iter().filter(|l| l.ends_with(&format!("peer {} was checked to be not ok", peer(nt)))).count();
         assert_eq!(nt_checks, 1, "a no_timer checker probes once");
         nginx.quit();
 
-        assert!(
-            !log.contains("[string \"") && !log.contains(": (): "),
-            "lines name the file and the function:\n{log}"
-        );
+        assert!(!log.contains("[string \"") && !log.contains(": (): "), "lines name the file and the function:\n{log}");
         // The state changes are followed directly by nginx's context.
         for p in [pn, ph] {
             let line = format!(": warn(): healthcheck: peer {} is turned down after 2 failure(s), context: ngx.timer", peer(p));
             assert!(log.contains(&line), "{line:?} in:\n{log}");
         }
         let lines = module_lines(&log);
-        let messages: std::collections::BTreeSet<String> =
-            lines.iter().map(|l| split_location(l).1).collect();
+        let messages: std::collections::BTreeSet<String> = lines.iter().map(|l| split_location(l).1).collect();
         let mut expected = vec![
-            format!(
-                "errlog(): healthcheck: failed to connect to {}: connection refused",
-                peer(refused)
-            ),
-            format!(
-                "errlog(): healthcheck: bad status code from {}: 404",
-                peer(pn)
-            ),
-            format!(
-                "errlog(): healthcheck: failed to receive status line from {}: timeout",
-                peer(ph)
-            ),
-            format!(
-                "errlog(): healthcheck: failed to connect to {}: connection refused (upstream bar)",
-                peer(bar[0])
-            ),
-            format!(
-                "errlog(): healthcheck: failed to connect to {}: connection refused",
-                peer(nt)
-            ),
-            format!(
-                "warn(): healthcheck: peer {} is turned down after 1 failure(s)",
-                peer(nt)
-            ),
-            format!(
-                "debug(): healthcheck: peer {} was checked to be ok",
-                peer(po)
-            ),
-            format!(
-                "debug(): healthcheck: peer {} was checked to be not ok",
-                peer(pn)
-            ),
+            format!("errlog(): healthcheck: failed to connect to {}: connection refused", peer(refused)),
+            format!("errlog(): healthcheck: bad status code from {}: 404", peer(pn)),
+            format!("errlog(): healthcheck: failed to receive status line from {}: timeout", peer(ph)),
+            format!("errlog(): healthcheck: failed to connect to {}: connection refused (upstream bar)", peer(bar[0])),
+            format!("errlog(): healthcheck: failed to connect to {}: connection refused", peer(nt)),
+            format!("warn(): healthcheck: peer {} is turned down after 1 failure(s)", peer(nt)),
+            format!("debug(): healthcheck: peer {} was checked to be ok", peer(po)),
+            format!("debug(): healthcheck: peer {} was checked to be not ok", peer(pn)),
             "debug(): healthcheck: publishing peers version 1".to_owned(),
             "debug(): healthcheck: healthcheck: run a check cycle".to_owned(),
             "debug(): healthcheck: spawn a thread checking primary peer 0".to_owned(),
@@ -1526,44 +1110,18 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
             "debug(): healthcheck: check backup peer 1".to_owned(),
         ];
         for p in [pn, ph, refused] {
-            expected.push(format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
-                peer(p)
-            ));
+            expected.push(format!("warn(): healthcheck: peer {} is turned down after 2 failure(s)", peer(p)));
         }
-        expected.push(format!(
-            "warn(): healthcheck: peer {} is turned up after 2 success(es)",
-            peer(ph)
-        ));
+        expected.push(format!("warn(): healthcheck: peer {} is turned up after 2 success(es)", peer(ph)));
         for e in &expected {
-            assert!(
-                messages.contains(e),
-                "[{}] no line {e:?} in:\n{}",
-                strategy.name(),
-                lines.join("\n")
-            );
+            assert!(messages.contains(e), "[{}] no line {e:?} in:\n{}", strategy.name(), lines.join("\n"));
         }
         // Only the opted-in checker names its upstream.
-        assert!(
-            !messages.iter().any(|m| m.contains("(upstream foo.com)")),
-            "{messages:?}"
-        );
+        assert!(!messages.iter().any(|m| m.contains("(upstream foo.com)")), "{messages:?}");
         // The other worker applies what the probing one published.
-        assert!(
-            messages
-                .iter()
-                .any(|m| m.starts_with("debug(): healthcheck: upgrading peers version to ")),
-            "{messages:?}"
-        );
+        assert!(messages.iter().any(|m| m.starts_with("debug(): healthcheck: upgrading peers version to ")), "{messages:?}");
 
-        let roles = [
-            (peer(po), "OK"),
-            (peer(pn), "NOTFOUND"),
-            (peer(ph), "HANG"),
-            (peer(refused), "REFUSED"),
-            (peer(nt), "NT"),
-            (peer(bar[0]), "BAR0"),
-        ];
+        let roles = [(peer(po), "OK"), (peer(pn), "NOTFOUND"), (peer(ph), "HANG"), (peer(refused), "REFUSED"), (peer(nt), "NT"), (peer(bar[0]), "BAR0")];
         let mut by_message = std::collections::BTreeMap::new();
         for l in &lines {
             let (location, mut message) = split_location(l);
@@ -1577,10 +1135,7 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
         assert_eq!(by_message.len(), expected.len());
         locations.push(by_message);
     }
-    assert_eq!(
-        locations[0], locations[1],
-        "embed and lualib log the same file, line and function for the same events"
-    );
+    assert_eq!(locations[0], locations[1], "embed and lualib log the same file, line and function for the same events");
 }
 
 // ---------------------------------------------------------------------------------------
@@ -1589,11 +1144,7 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
 
 /// The value of the series `name{labels}` in a metrics page.
 fn metric(page: &str, series: &str) -> Option<f64> {
-    page.lines().find_map(|l| {
-        l.strip_prefix(series)
-            .and_then(|v| v.strip_prefix(' '))
-            .map(|v| v.parse().unwrap())
-    })
+    page.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.parse().unwrap()))
 }
 
 #[test]
@@ -1608,11 +1159,7 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
         let [refused, metrics_peer, m_port, port] = free_ports();
         // Never accepted: the kernel completes the TCP handshake, the TLS one never ends.
         let silent = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let (pt, pa, ps) = (
-            tls.port(),
-            accepts.port(),
-            silent.local_addr().unwrap().port(),
-        );
+        let (pt, pa, ps) = (tls.port(), accepts.port(), silent.local_addr().unwrap().port());
 
         let dir = temp_dir(&format!("hc-tcp-{}", strategy.name()));
         set_mode(dir.path(), 0o755);
@@ -1678,23 +1225,9 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
         let nginx = Nginx::start(&prefix, &conf(strategy, port, &http_body), &[port, m_port]);
         let peer = |p: u16| format!("127.0.0.1:{p}");
 
-        wait_module_line(
-            &nginx,
-            &format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
-                peer(refused)
-            ),
-            Duration::from_secs(10),
-        );
+        wait_module_line(&nginx, &format!("warn(): healthcheck: peer {} is turned down after 2 failure(s)", peer(refused)), Duration::from_secs(10));
         let refused_down = started.elapsed();
-        wait_module_line(
-            &nginx,
-            &format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
-                peer(ps)
-            ),
-            Duration::from_secs(10),
-        );
+        wait_module_line(&nginx, &format!("warn(): healthcheck: peer {} is turned down after 2 failure(s)", peer(ps)), Duration::from_secs(10));
         let hang_down = started.elapsed();
         let want = |a: &str| {
             format!(
@@ -1712,172 +1245,59 @@ fn healthcheck_tcp_checks_and_probe_metrics() {
                 peer(metrics_peer)
             )
         };
-        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| {
-            s == want("UP")
-        })
-        .unwrap_or_else(|| panic!("tcp states:\n{}", http::get(port, "/status").body));
+        until_all_workers(port, "/status-w", Duration::from_secs(5), |s| s == want("UP"))
+            .unwrap_or_else(|| panic!("tcp states:\n{}", http::get(port, "/status").body));
         eprintln!(
             "[{}] tcp, interval {INTERVAL_MS} ms, fall 2: refused peer seen down {refused_down:?} and hanging TLS peer {hang_down:?} after nginx was started",
             strategy.name()
         );
 
         let log = nginx.error_log();
-        let messages: Vec<String> = module_lines(&log)
-            .iter()
-            .map(|l| split_location(l).1)
-            .collect();
+        let messages: Vec<String> = module_lines(&log).iter().map(|l| split_location(l).1).collect();
         for e in [
-            format!(
-                "errlog(): healthcheck: failed to connect to {}: connection refused",
-                peer(refused)
-            ),
-            format!(
-                "errlog(): healthcheck: failed to ssl handshake to {}: timeout",
-                peer(ps)
-            ),
+            format!("errlog(): healthcheck: failed to connect to {}: connection refused", peer(refused)),
+            format!("errlog(): healthcheck: failed to ssl handshake to {}: timeout", peer(ps)),
         ] {
-            assert!(
-                messages.contains(&e),
-                "no line {e:?} in:\n{}",
-                messages.join("\n")
-            );
+            assert!(messages.contains(&e), "no line {e:?} in:\n{}", messages.join("\n"));
         }
-        let wrong = format!(
-            "errlog(): healthcheck: failed to ssl handshake to {}: ",
-            peer(pt)
-        );
-        assert!(
-            messages.iter().any(|m| m.starts_with(&wrong)),
-            "a failed verification is a failed tcp check:\n{}",
-            messages.join("\n")
-        );
+        let wrong = format!("errlog(): healthcheck: failed to ssl handshake to {}: ", peer(pt));
+        assert!(messages.iter().any(|m| m.starts_with(&wrong)), "a failed verification is a failed tcp check:\n{}", messages.join("\n"));
         // No request reached the accepting backend: nothing to write an access-log line for.
-        assert!(
-            accepts.requests().is_empty() && accepts.probes() == 0,
-            "{:?}",
-            accepts.requests()
-        );
-        assert!(
-            tls.requests().is_empty(),
-            "tcp checks send no request over TLS either: {:?}",
-            tls.requests()
-        );
+        assert!(accepts.requests().is_empty() && accepts.probes() == 0, "{:?}", accepts.requests());
+        assert!(tls.requests().is_empty(), "tcp checks send no request over TLS either: {:?}", tls.requests());
 
         // A peer that stops accepting is turned down: the detection latency.
         let from = log_len(&nginx);
         let stopped = Instant::now();
         accepts.set_mode(Mode::Refuse);
-        wait_log(
-            &nginx,
-            from,
-            &format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s), context: ",
-                peer(pa)
-            ),
-            Duration::from_secs(10),
-        );
-        eprintln!(
-            "[{}] tcp: a peer that stops accepting is turned down {:?} later",
-            strategy.name(),
-            stopped.elapsed()
-        );
-        until_all_workers(port, "/status-w", Duration::from_secs(3), |s| {
-            s == want("DOWN")
-        })
-        .expect("accepts down everywhere");
+        wait_log(&nginx, from, &format!("warn(): healthcheck: peer {} is turned down after 2 failure(s), context: ", peer(pa)), Duration::from_secs(10));
+        eprintln!("[{}] tcp: a peer that stops accepting is turned down {:?} later", strategy.name(), stopped.elapsed());
+        until_all_workers(port, "/status-w", Duration::from_secs(3), |s| s == want("DOWN")).expect("accepts down everywhere");
 
         // The metrics: the original's series unchanged, then the probe families.
         let page = http::get(m_port, &format!("/m?n={FAILED_PROBES}")).body;
-        e2e::promtool::check_metrics(&page)
-            .unwrap_or_else(|e| panic!("[{}] promtool: {e}\n{page}", strategy.name()));
-        let labels = |u: &str, p: u16| {
-            format!("{{name=\"{u}\",endpoint=\"127.0.0.1:{p}\",role=\"PRIMARY\"}}")
-        };
-        assert_eq!(
-            metric(
-                &page,
-                &format!(
-                    "nginx_upstream_probe_failures_total{}",
-                    labels("m", metrics_peer)
-                )
-            ),
-            Some(FAILED_PROBES as f64),
-            "{page}"
-        );
-        assert_eq!(
-            metric(
-                &page,
-                &format!(
-                    "nginx_upstream_probe_failures_total{}",
-                    labels("tls_ok", pt)
-                )
-            ),
-            Some(0.0),
-            "{page}"
-        );
-        assert!(
-            metric(
-                &page,
-                &format!(
-                    "nginx_upstream_probe_failures_total{}",
-                    labels("refused", refused)
-                )
-            )
-            .unwrap()
-                >= 2.0,
-            "{page}"
-        );
-        let hang_duration = metric(
-            &page,
-            &format!(
-                "nginx_upstream_probe_duration_seconds{}",
-                labels("tls_hang", ps)
-            ),
-        )
-        .unwrap();
-        assert!(
-            (0.25..5.0).contains(&hang_duration),
-            "the last probe of the hanging peer lasted its 300 ms timeout: {hang_duration}"
-        );
-        let now = std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .unwrap()
-            .as_secs_f64();
-        let changed = metric(
-            &page,
-            &format!(
-                "nginx_upstream_state_change_timestamp_seconds{}",
-                labels("accepts", pa)
-            ),
-        )
-        .unwrap();
-        assert!(
-            changed > now - 10.0 && changed <= now + 1.0,
-            "state change at {changed}, now {now}"
-        );
-        assert_eq!(
-            metric(
-                &page,
-                &format!(
-                    "nginx_upstream_state_change_timestamp_seconds{}",
-                    labels("tls_ok", pt)
-                )
-            ),
-            None,
-            "never changed: no series"
-        );
+        e2e::promtool::check_metrics(&page).unwrap_or_else(|e| panic!("[{}] promtool: {e}\n{page}", strategy.name()));
+        let labels = |u: &str, p: u16| format!("{{name=\"{u}\",endpoint=\"127.0.0.1:{p}\",role=\"PRIMARY\"}}");
+        assert_eq!(metric(&page, &format!("nginx_upstream_probe_failures_total{}", labels("m", metrics_peer))), Some(FAILED_PROBES as f64), "{page}");
+        assert_eq!(metric(&page, &format!("nginx_upstream_probe_failures_total{}", labels("tls_ok", pt))), Some(0.0), "{page}");
+        assert!(metric(&page, &format!("nginx_upstream_probe_failures_total{}", labels("refused", refused))).unwrap() >= 2.0, "{page}");
+        let hang_duration = metric(&page, &format!("nginx_upstream_probe_duration_seconds{}", labels("tls_hang", ps))).unwrap();
+        assert!((0.25..5.0).contains(&hang_duration), "the last probe of the hanging peer lasted its 300 ms timeout: {hang_duration}");
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let changed = metric(&page, &format!("nginx_upstream_state_change_timestamp_seconds{}", labels("accepts", pa))).unwrap();
+        assert!(changed > now - 10.0 && changed <= now + 1.0, "state change at {changed}, now {now}");
+        assert_eq!(metric(&page, &format!("nginx_upstream_state_change_timestamp_seconds{}", labels("tls_ok", pt))), None, "never changed: no series");
         for family in [
             "nginx_upstream_probe_duration_seconds gauge",
             "nginx_upstream_probe_failures_total counter",
             "nginx_upstream_state_change_timestamp_seconds gauge",
         ] {
-            assert_eq!(
-                page.matches(&format!("# TYPE {family}\n")).count(),
-                1,
-                "{page}"
-            );
+            assert_eq!(page.matches(&format!("# TYPE {family}\n")).count(), 1, "{page}");
         }
-        assert!(page.contains(&format!("nginx_upstream_status_info{{name=\"m\",endpoint=\"127.0.0.1:{metrics_peer}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")), "{page}");
+        assert!(
+            page.contains(&format!("nginx_upstream_status_info{{name=\"m\",endpoint=\"127.0.0.1:{metrics_peer}\",status=\"UP\",role=\"PRIMARY\"}} 1\n")),
+            "{page}"
+        );
 
         assert_no_unexpected_errors(&nginx);
         nginx.quit();
@@ -1936,47 +1356,22 @@ fn healthcheck_honours_state_written_in_the_originals_layout() {
         // The flagged peers start down, then rise; the peer marked down in the configuration
         // follows the published state (up, as no flag says otherwise), then its checks.
         for line in [
-            format!(
-                "warn(): healthcheck: peer {} is turned up after 2 success(es)",
-                peer(p[1])
-            ),
-            format!(
-                "warn(): healthcheck: peer {} is turned up after 2 success(es)",
-                peer(p[2])
-            ),
-            format!(
-                "warn(): healthcheck: peer {} is turned down after 2 failure(s)",
-                peer(refused)
-            ),
+            format!("warn(): healthcheck: peer {} is turned up after 2 success(es)", peer(p[1])),
+            format!("warn(): healthcheck: peer {} is turned up after 2 success(es)", peer(p[2])),
+            format!("warn(): healthcheck: peer {} is turned down after 2 failure(s)", peer(refused)),
         ] {
             wait_module_line(&nginx, &line, Duration::from_secs(10));
         }
         let log = nginx.error_log();
-        let messages: Vec<String> = module_lines(&log)
-            .iter()
-            .map(|l| split_location(l).1)
-            .collect();
+        let messages: Vec<String> = module_lines(&log).iter().map(|l| split_location(l).1).collect();
         for e in [
             "debug(): healthcheck: upgrading peers version to 1".to_owned(),
             "debug(): healthcheck: publishing peers version 2".to_owned(),
-            format!(
-                "errlog(): healthcheck: failed to connect to {}: connection refused",
-                peer(refused)
-            ),
+            format!("errlog(): healthcheck: failed to connect to {}: connection refused", peer(refused)),
         ] {
-            assert!(
-                messages.contains(&e),
-                "[{}] no line {e:?} in:\n{}",
-                strategy.name(),
-                messages.join("\n")
-            );
+            assert!(messages.contains(&e), "[{}] no line {e:?} in:\n{}", strategy.name(), messages.join("\n"));
         }
-        assert!(
-            !messages
-                .iter()
-                .any(|m| m.contains(&format!("peer {} is turned", peer(p[0])))),
-            "the unflagged peer stays up"
-        );
+        assert!(!messages.iter().any(|m| m.contains(&format!("peer {} is turned", peer(p[0])))), "the unflagged peer stays up");
         let want = format!(
             "Upstream foo.com\n    Primary Peers\n        {} UP\n        {} UP\n    Backup Peers\n        {} UP\n\n\
              Upstream baz\n    Primary Peers\n        {} DOWN\n        {} UP\n    Backup Peers\n",
@@ -1986,8 +1381,7 @@ fn healthcheck_honours_state_written_in_the_originals_layout() {
             peer(refused),
             peer(p[3])
         );
-        until_all_workers(port, "/status-w", Duration::from_secs(3), |s| s == want)
-            .unwrap_or_else(|| panic!("{}", http::get(port, "/status").body));
+        until_all_workers(port, "/status-w", Duration::from_secs(3), |s| s == want).unwrap_or_else(|| panic!("{}", http::get(port, "/status").body));
         assert_no_unexpected_errors(&nginx);
         nginx.quit();
     }

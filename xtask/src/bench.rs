@@ -89,7 +89,11 @@ fn floor(project: &Project, dir: &std::path::Path) -> Result<f64> {
     let mut script = String::from("set -euo pipefail\n");
     for (step, _) in steps.iter().filter(|(s, _)| scripted.iter().any(|n| n == s.name())) {
         script += &step.script(&dir.join("build").join(step.name()), &dir.join("out").join(step.name()), |dep| {
-            if scripted.contains(&dep.name) { dir.join("out").join(&dep.name) } else { dep.path.clone() }
+            if scripted.contains(&dep.name) {
+                dir.join("out").join(&dep.name)
+            } else {
+                dep.path.clone()
+            }
         });
     }
     fs::create_dir_all(dir).map_err(|e| Error::with_source(format!("cannot create {}", dir.display()), e))?;

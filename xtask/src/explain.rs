@@ -28,10 +28,9 @@ pub fn run(args: Args) -> Result<()> {
             }
         }
         Some(name) => {
-            let (step, artifact) = planned
-                .iter()
-                .find(|(s, _)| s.name() == name)
-                .ok_or_else(|| Error::new(format!("no step named {name:?}; steps: {}", planned.iter().map(|(s, _)| s.name()).collect::<Vec<_>>().join(", "))))?;
+            let (step, artifact) = planned.iter().find(|(s, _)| s.name() == name).ok_or_else(|| {
+                Error::new(format!("no step named {name:?}; steps: {}", planned.iter().map(|(s, _)| s.name()).collect::<Vec<_>>().join(", ")))
+            })?;
             println!("# step {name}, key {} ({})", artifact.key, if artifact.path.is_dir() { "in the store" } else { "not built" });
             print!("{}", step.derivation().to_toml());
         }

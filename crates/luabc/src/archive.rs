@@ -113,11 +113,7 @@ mod tests {
     fn read_back() {
         let members = vec![
             ArchiveMember { name: "a.o".into(), data: b"abc".to_vec(), symbols: vec!["sym_a".into()] },
-            ArchiveMember {
-                name: "resty_upstream_healthcheck.o".into(),
-                data: b"0123".to_vec(),
-                symbols: vec!["luaJIT_BC_resty_upstream_healthcheck".into()],
-            },
+            ArchiveMember { name: "resty_upstream_healthcheck.o".into(), data: b"0123".to_vec(), symbols: vec!["luaJIT_BC_resty_upstream_healthcheck".into()] },
             ArchiveMember { name: "no_symbols_but_a_long_name.o".into(), data: vec![], symbols: vec![] },
         ];
         let bytes = write_archive(&members);

@@ -244,14 +244,9 @@ impl Build {
     /// configured with [`Build::lua_include_dir`]) into `<out_dir>/lib<lib_name>.a`.
     /// The objects go to `<out_dir>/lib<lib_name>.luabc/`.
     pub fn try_compile(&self, lib_name: &str) -> Result<Artifacts, Error> {
-        let lib = lib_name
-            .strip_prefix("lib")
-            .and_then(|l| l.strip_suffix(".a"))
-            .unwrap_or(lib_name);
+        let lib = lib_name.strip_prefix("lib").and_then(|l| l.strip_suffix(".a")).unwrap_or(lib_name);
         if lib.is_empty() || !lib.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-') {
-            return Err(Error::Config(format!(
-                "library name {lib_name:?} must be non-empty and use only ASCII letters, digits, `_` and `-`"
-            )));
+            return Err(Error::Config(format!("library name {lib_name:?} must be non-empty and use only ASCII letters, digits, `_` and `-`")));
         }
         let out_dir = self.resolve_out_dir()?;
         let planned = self.plan()?;
@@ -278,9 +273,7 @@ impl Build {
                 })
             })
             .collect::<Result<_, _>>()?;
-        if let (Some(function), Some(inc), Some(src)) =
-            (&self.preload_function, &self.lua_include_dir, &arts.preload_source)
-        {
+        if let (Some(function), Some(inc), Some(src)) = (&self.preload_function, &self.lua_include_dir, &arts.preload_source) {
             let obj = self.compile_preload(src, inc, &arts.object_dir)?;
             members.push(ArchiveMember {
                 name: format!("{function}.o"),
@@ -306,9 +299,7 @@ impl Build {
         match (&self.out_dir, std::env::var_os("OUT_DIR")) {
             (Some(d), _) => Ok(d.clone()),
             (None, Some(d)) => Ok(PathBuf::from(d)),
-            (None, None) => Err(Error::Config(
-                "no output directory: call Build::out_dir (OUT_DIR is only set for build scripts)".into(),
-            )),
+            (None, None) => Err(Error::Config("no output directory: call Build::out_dir (OUT_DIR is only set for build scripts)".into())),
         }
     }
 
@@ -320,11 +311,7 @@ impl Build {
             Ok(a) => (a.clone(), Arch::from_cargo_arch(&a)),
             Err(_) => (std::env::consts::ARCH.to_string(), Arch::host()),
         };
-        arch.ok_or_else(|| {
-            Error::Config(format!(
-                "no ELF object support for architecture {name:?}; supported: x86_64, aarch64 (set Build::arch)"
-            ))
-        })
+        arch.ok_or_else(|| Error::Config(format!("no ELF object support for architecture {name:?}; supported: x86_64, aarch64 (set Build::arch)")))
     }
 
     /// Validates everything that needs no luajit: names, paths, duplicates, symbols.
@@ -333,10 +320,7 @@ impl Build {
         for (name, source) in &self.modules {
             let name = ModuleName::new(name)?;
             if !source.is_file() {
-                return Err(Error::Config(format!(
-                    "source {} of module {name:?} does not exist or is not a file",
-                    source.display()
-                )));
+                return Err(Error::Config(format!("source {} of module {name:?} does not exist or is not a file", source.display())));
             }
             let chunk_path = if source.file_name().is_some_and(|f| f == "init.lua") {
                 format!("{}/init.lua", name.as_str().replace('.', "/"))
@@ -350,9 +334,7 @@ impl Build {
             walk(root, Path::new(""), &mut files)?;
             for rel in files {
                 let name = ModuleName::from_relative_path(&rel).map_err(|e| match e {
-                    Error::InvalidModulePath { reason, .. } => {
-                        Error::InvalidModulePath { path: root.join(&rel), reason }
-                    }
+                    Error::InvalidModulePath { reason, .. } => Error::InvalidModulePath { path: root.join(&rel), reason },
                     other => other,
                 })?;
                 let chunk_path = rel.iter().map(|c| c.to_string_lossy()).collect::<Vec<_>>().join("/");
@@ -360,28 +342,18 @@ impl Build {
             }
         }
         if planned.is_empty() {
-            return Err(Error::Config(
-                "no Lua modules to compile: add some with Build::module or Build::library_root".into(),
-            ));
+            return Err(Error::Config("no Lua modules to compile: add some with Build::module or Build::library_root".into()));
         }
         planned.sort_by(|a, b| a.name.cmp(&b.name));
         for w in planned.windows(2) {
             if w[0].name == w[1].name {
-                return Err(Error::DuplicateModule {
-                    name: w[0].name.to_string(),
-                    first: w[0].source.clone(),
-                    second: w[1].source.clone(),
-                });
+                return Err(Error::DuplicateModule { name: w[0].name.to_string(), first: w[0].source.clone(), second: w[1].source.clone() });
             }
         }
         let mut symbols: BTreeMap<String, &ModuleName> = BTreeMap::new();
         for p in &planned {
             if let Some(prev) = symbols.insert(p.name.symbol(), &p.name) {
-                return Err(Error::SymbolCollision {
-                    symbol: p.name.symbol(),
-                    first: prev.to_string(),
-                    second: p.name.to_string(),
-                });
+                return Err(Error::SymbolCollision { symbol: p.name.symbol(), first: prev.to_string(), second: p.name.to_string() });
             }
         }
         if let Some(f) = &self.preload_function {
@@ -393,9 +365,7 @@ impl Build {
     }
 
     fn luajit_handle(&self) -> Result<Luajit, Error> {
-        let exe = self.luajit.clone().ok_or_else(|| {
-            Error::Config("no luajit executable: call Build::luajit with the path of the compiling luajit".into())
-        })?;
+        let exe = self.luajit.clone().ok_or_else(|| Error::Config("no luajit executable: call Build::luajit with the path of the compiling luajit".into()))?;
         let mut lj = Luajit::new(exe);
         if let Some(p) = &self.lua_path {
             lj = lj.lua_path(p.clone());
@@ -411,12 +381,8 @@ impl Build {
             return Err(Error::NonDeterministic { luajit: lj.exe().to_path_buf() });
         }
         if let Some(rt) = &self.runtime_abi {
-            let probe = BytecodeHeader {
-                version: info.abi.version,
-                flags: (info.abi.big_endian as u32) | ((info.abi.fr2 as u32) << 3),
-                chunk_name: None,
-                len: 0,
-            };
+            let probe =
+                BytecodeHeader { version: info.abi.version, flags: (info.abi.big_endian as u32) | ((info.abi.fr2 as u32) << 3), chunk_name: None, len: 0 };
             rt.check(&probe)?;
         }
         fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
@@ -446,16 +412,7 @@ impl Build {
             } else {
                 None
             };
-            modules.push(ModuleArtifact {
-                name: p.name.to_string(),
-                symbol,
-                source: p.source,
-                chunk_path: p.chunk_path,
-                object,
-                bytecode,
-                raw_file,
-                c_file,
-            });
+            modules.push(ModuleArtifact { name: p.name.to_string(), symbol, source: p.source, chunk_path: p.chunk_path, object, bytecode, raw_file, c_file });
         }
         if stage.exists() {
             fs::remove_dir_all(&stage).map_err(|e| Error::io("remove staging directory", &stage, e))?;
@@ -467,25 +424,15 @@ impl Build {
 
         let preload_source = match &self.preload_function {
             Some(f) => {
-                let entries: Vec<PreloadEntry> = modules
-                    .iter()
-                    .map(|m| PreloadEntry { module: m.name.clone(), symbol: m.symbol.clone(), size: m.bytecode.len() })
-                    .collect();
+                let entries: Vec<PreloadEntry> =
+                    modules.iter().map(|m| PreloadEntry { module: m.name.clone(), symbol: m.symbol.clone(), size: m.bytecode.len() }).collect();
                 let path = dir.join(format!("{f}.c"));
                 write_file(&path, preload_c_source(f, &entries)?.as_bytes())?;
                 Some(path)
             }
             None => None,
         };
-        Ok(Artifacts {
-            modules,
-            object_dir: dir.to_path_buf(),
-            manifest,
-            library: None,
-            preload_source,
-            preload_object: None,
-            compiler: info,
-        })
+        Ok(Artifacts { modules, object_dir: dir.to_path_buf(), manifest, library: None, preload_source, preload_object: None, compiler: info })
     }
 
     fn compile_preload(&self, src: &Path, inc: &Path, dir: &Path) -> Result<PathBuf, Error> {
@@ -508,9 +455,7 @@ impl Build {
                 src.display()
             ))
         })?;
-        objs.into_iter()
-            .next()
-            .ok_or_else(|| Error::Cc(format!("cc produced no object for {}", src.display())))
+        objs.into_iter().next().ok_or_else(|| Error::Cc(format!("cc produced no object for {}", src.display())))
     }
 
     fn emit_rerun_lines(&self, arts: &Artifacts) {
@@ -564,11 +509,8 @@ fn remove_stale_objects(dir: &Path, modules: &[ModuleArtifact]) -> Result<(), Er
         let name = e.file_name().to_string_lossy().into_owned();
         let path = e.path();
         let ours = [".o", ".c", ".luac"].iter().any(|ext| name.ends_with(ext));
-        let current = modules.iter().any(|m| {
-            m.object == path || m.raw_file.as_ref() == Some(&path) || m.c_file.as_ref() == Some(&path)
-        });
-        if name.starts_with(crate::SYMBOL_PREFIX) && ours && !current
-        {
+        let current = modules.iter().any(|m| m.object == path || m.raw_file.as_ref() == Some(&path) || m.c_file.as_ref() == Some(&path));
+        if name.starts_with(crate::SYMBOL_PREFIX) && ours && !current {
             fs::remove_file(e.path()).map_err(|err| Error::io("remove stale object", e.path(), err))?;
         }
     }
@@ -578,10 +520,8 @@ fn remove_stale_objects(dir: &Path, modules: &[ModuleArtifact]) -> Result<(), Er
 /// The manifest: a header comment, then one tab-separated line per module:
 /// module, symbol, object file name, bytecode size, chunk path.
 fn manifest_text(info: &LuajitInfo, strip: bool, modules: &[ModuleArtifact]) -> String {
-    let mut s = format!(
-        "# luabc manifest v1\n# compiler: {} ({}, {})\n# strip: {strip}\n# module\tsymbol\tobject\tbytes\tchunk\n",
-        info.version, info.arch, info.abi
-    );
+    let mut s =
+        format!("# luabc manifest v1\n# compiler: {} ({}, {})\n# strip: {strip}\n# module\tsymbol\tobject\tbytes\tchunk\n", info.version, info.arch, info.abi);
     for m in modules {
         let obj = m.object.file_name().map(|f| f.to_string_lossy().into_owned()).unwrap_or_default();
         s.push_str(&format!("{}\t{}\t{obj}\t{}\t{}\n", m.name, m.symbol, m.bytecode.len(), m.chunk_path));
@@ -734,10 +674,7 @@ esac
         assert_eq!(arts.compiler.version, "LuaJIT 2.1.0-fake");
         assert!(arts.compiler.has_chunk_name_flag && arts.compiler.deterministic);
         let names: Vec<_> = arts.modules.iter().map(|m| (m.name.as_str(), m.symbol.as_str())).collect();
-        assert_eq!(
-            names,
-            [("foo", "luaJIT_BC_foo"), ("resty.core", "luaJIT_BC_resty_core"), ("v2-extra", "luaJIT_BC_extra")]
-        );
+        assert_eq!(names, [("foo", "luaJIT_BC_foo"), ("resty.core", "luaJIT_BC_resty_core"), ("v2-extra", "luaJIT_BC_extra")]);
         let core = &arts.modules[1];
         let h = BytecodeHeader::parse(&core.bytecode).unwrap();
         assert_eq!(h.chunk_name.as_deref(), Some(&b"@resty/core.lua"[..]));

@@ -40,10 +40,7 @@ impl BytecodeHeader {
     /// Parses the header at the start of `bytes`.
     pub fn parse(bytes: &[u8]) -> Result<BytecodeHeader, Error> {
         if bytes.len() < 5 {
-            return Err(Error::BadHeader(format!(
-                "only {} bytes, a LuaJIT dump header needs at least 5",
-                bytes.len()
-            )));
+            return Err(Error::BadHeader(format!("only {} bytes, a LuaJIT dump header needs at least 5", bytes.len())));
         }
         if bytes[..3] != MAGIC {
             return Err(Error::BadHeader(format!(
@@ -53,26 +50,16 @@ impl BytecodeHeader {
         }
         let version = bytes[3];
         let mut pos = 4;
-        let flags = read_uleb128(bytes, &mut pos).ok_or_else(|| {
-            Error::BadHeader("the flags field is truncated or longer than 32 bits".into())
-        })?;
+        let flags = read_uleb128(bytes, &mut pos).ok_or_else(|| Error::BadHeader("the flags field is truncated or longer than 32 bits".into()))?;
         let known = if version >= 2 { FLAG_FR2 * 2 - 1 } else { FLAG_FFI * 2 - 1 };
         if flags & !known != 0 {
-            return Err(Error::BadHeader(format!(
-                "unknown flag bits {:#x} for dump version {version} (made by a newer LuaJIT?)",
-                flags & !known
-            )));
+            return Err(Error::BadHeader(format!("unknown flag bits {:#x} for dump version {version} (made by a newer LuaJIT?)", flags & !known)));
         }
         let chunk_name = if flags & FLAG_STRIP == 0 {
-            let len = read_uleb128(bytes, &mut pos)
-                .ok_or_else(|| Error::BadHeader("the chunk name length is truncated".into()))?
-                as usize;
-            let name = bytes.get(pos..pos + len).ok_or_else(|| {
-                Error::BadHeader(format!(
-                    "the chunk name claims {len} bytes but only {} follow",
-                    bytes.len() - pos
-                ))
-            })?;
+            let len = read_uleb128(bytes, &mut pos).ok_or_else(|| Error::BadHeader("the chunk name length is truncated".into()))? as usize;
+            let name = bytes
+                .get(pos..pos + len)
+                .ok_or_else(|| Error::BadHeader(format!("the chunk name claims {len} bytes but only {} follow", bytes.len() - pos)))?;
             pos += len;
             Some(name.to_vec())
         } else {
@@ -136,8 +123,7 @@ pub struct RuntimeAbi {
 
 impl RuntimeAbi {
     /// LuaJIT 2.1, GC64, little-endian, with FFI (OpenResty's and Debian's x86_64 builds).
-    pub const LUAJIT_2_1_GC64: RuntimeAbi =
-        RuntimeAbi { version: 2, fr2: true, big_endian: false, ffi: true };
+    pub const LUAJIT_2_1_GC64: RuntimeAbi = RuntimeAbi { version: 2, fr2: true, big_endian: false, ffi: true };
 
     /// A little-endian runtime with FFI.
     pub fn new(version: u8, fr2: bool) -> RuntimeAbi {
@@ -146,9 +132,7 @@ impl RuntimeAbi {
 
     /// Fails, naming the difference, if this runtime would reject `header`.
     pub fn check(&self, header: &BytecodeHeader) -> Result<(), Error> {
-        let mismatch = |what: &str, b: String, r: String| {
-            Err(Error::AbiMismatch { what: what.into(), bytecode: b, runtime: r })
-        };
+        let mismatch = |what: &str, b: String, r: String| Err(Error::AbiMismatch { what: what.into(), bytecode: b, runtime: r });
         if header.version != self.version {
             return mismatch(
                 "the dump format version",

@@ -111,9 +111,7 @@ impl Luajit {
                 dir.display()
             )));
         };
-        let parent = parent
-            .canonicalize()
-            .map_err(|e| Error::io("resolve the LuaJIT library directory", &parent, e))?;
+        let parent = parent.canonicalize().map_err(|e| Error::io("resolve the LuaJIT library directory", &parent, e))?;
         let mut p = parent.into_os_string();
         p.push("/?.lua");
         Ok(Some(p))
@@ -129,10 +127,7 @@ impl Luajit {
     }
 
     fn run(&self, mut cmd: Command) -> Result<Output, Error> {
-        cmd.output().map_err(|e| Error::Luajit {
-            command: describe(&cmd),
-            detail: format!("cannot run {}: {e}", self.exe.display()),
-        })
+        cmd.output().map_err(|e| Error::Luajit { command: describe(&cmd), detail: format!("cannot run {}: {e}", self.exe.display()) })
     }
 
     /// Runs the executable a few times to find its version, bytecode ABI and which
@@ -152,10 +147,10 @@ impl Luajit {
                     detail: format!("unexpected probe output {text:?}; is this LuaJIT?"),
                 });
             }
-            dumps.push(decode_hex(&f[4]).ok_or_else(|| Error::Luajit {
-                command: format!("{} -e <probe>", self.exe.display()),
-                detail: "the probe printed invalid hex".into(),
-            })?);
+            dumps.push(
+                decode_hex(&f[4])
+                    .ok_or_else(|| Error::Luajit { command: format!("{} -e <probe>", self.exe.display()), detail: "the probe printed invalid hex".into() })?,
+            );
             fields = f;
         }
         let header = BytecodeHeader::parse(&dumps[0])?;
@@ -192,10 +187,7 @@ impl Luajit {
         let command = describe(&cmd);
         let out = self.run(cmd)?;
         if !out.status.success() {
-            return Err(Error::Luajit {
-                command,
-                detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()),
-            });
+            return Err(Error::Luajit { command, detail: format!("{}: {}", out.status, String::from_utf8_lossy(&out.stderr).trim()) });
         }
         Ok(out)
     }
@@ -208,10 +200,7 @@ impl Luajit {
     pub fn compile(&self, info: &LuajitInfo, input: &CompileInput<'_>, work_dir: &Path) -> Result<Vec<u8>, Error> {
         let src = std::fs::read(input.source).map_err(|e| Error::io("read Lua source", input.source, e))?;
         if src.first() == Some(&0x1b) {
-            return Err(Error::Config(format!(
-                "{} is already bytecode; give the Lua source instead",
-                input.source.display()
-            )));
+            return Err(Error::Config(format!("{} is already bytecode; give the Lua source instead", input.source.display())));
         }
         let mut cmd = self.command()?;
         cmd.args(["-b", "-t", "raw", if input.strip { "-s" } else { "-g" }]);
@@ -219,8 +208,7 @@ impl Luajit {
             cmd.arg("-d");
         }
         if info.has_chunk_name_flag {
-            let source = std::path::absolute(input.source)
-                .map_err(|e| Error::io("resolve", input.source, e))?;
+            let source = std::path::absolute(input.source).map_err(|e| Error::io("resolve", input.source, e))?;
             cmd.arg("-F").arg(input.chunk_path).arg(source).arg("-");
         } else {
             let staged = work_dir.join(input.chunk_path);
@@ -235,27 +223,15 @@ impl Luajit {
         let stderr = String::from_utf8_lossy(&out.stderr).into_owned();
         if !out.status.success() {
             if let Some((line, message)) = parse_syntax_error(&stderr, input.chunk_path) {
-                return Err(Error::Syntax {
-                    module: input.module.to_string(),
-                    file: input.source.to_path_buf(),
-                    line,
-                    message,
-                });
+                return Err(Error::Syntax { module: input.module.to_string(), file: input.source.to_path_buf(), line, message });
             }
-            return Err(Error::Luajit {
-                command,
-                detail: format!("compiling {}: {}: {}", input.source.display(), out.status, stderr.trim()),
-            });
+            return Err(Error::Luajit { command, detail: format!("compiling {}: {}: {}", input.source.display(), out.status, stderr.trim()) });
         }
         let bc = out.stdout;
-        let header = BytecodeHeader::parse(&bc).map_err(|e| Error::Luajit {
-            command: command.clone(),
-            detail: format!("output for {} is not bytecode: {e}", input.source.display()),
-        })?;
+        let header = BytecodeHeader::parse(&bc)
+            .map_err(|e| Error::Luajit { command: command.clone(), detail: format!("output for {} is not bytecode: {e}", input.source.display()) })?;
         let expected = format!("@{}", input.chunk_path);
-        if header.stripped() != input.strip
-            || (!input.strip && header.chunk_name.as_deref() != Some(expected.as_bytes()))
-        {
+        if header.stripped() != input.strip || (!input.strip && header.chunk_name.as_deref() != Some(expected.as_bytes())) {
             return Err(Error::Luajit {
                 command,
                 detail: format!(
@@ -326,10 +302,7 @@ mod tests {
     #[test]
     fn syntax_error_parsing() {
         let e = "luajit: resty/bad.lua:3: unexpected symbol near 'local'\n";
-        assert_eq!(
-            parse_syntax_error(e, "resty/bad.lua"),
-            Some((3, "unexpected symbol near 'local'".to_string()))
-        );
+        assert_eq!(parse_syntax_error(e, "resty/bad.lua"), Some((3, "unexpected symbol near 'local'".to_string())));
         let e = "luajit: a.lua:40: 'end' expected (to close 'function' at line 1) near '<eof>'";
         assert_eq!(parse_syntax_error(e, "a.lua").unwrap().0, 40);
         assert_eq!(parse_syntax_error("luajit: cannot open x.lua", "x.lua"), None);

@@ -38,26 +38,17 @@ impl ModuleName {
         if name.is_empty() {
             return Err(bad("the name is empty".into()));
         }
-        if let Some(c) = name
-            .chars()
-            .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-')))
-        {
-            return Err(bad(format!(
-                "character {c:?} cannot be part of a C symbol; use only ASCII letters, digits, `_`, `.` and `-`"
-            )));
+        if let Some(c) = name.chars().find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))) {
+            return Err(bad(format!("character {c:?} cannot be part of a C symbol; use only ASCII letters, digits, `_`, `.` and `-`")));
         }
         for comp in name.split('.') {
             if comp.is_empty() {
-                return Err(bad(
-                    "it has an empty component (a leading, trailing or doubled `.`)".into(),
-                ));
+                return Err(bad("it has an empty component (a leading, trailing or doubled `.`)".into()));
             }
         }
         if let Some((_, tail)) = name.split_once('-') {
             if tail.is_empty() || tail.starts_with('.') {
-                return Err(bad(format!(
-                    "LuaJIT derives the symbol from the part after the first `-`, which is {tail:?} here; it must be a module name"
-                )));
+                return Err(bad(format!("LuaJIT derives the symbol from the part after the first `-`, which is {tail:?} here; it must be a module name")));
             }
             if tail.contains('-') {
                 return Err(bad(format!(
@@ -75,10 +66,7 @@ impl ModuleName {
     /// Directory names and the file stem may not contain `.`, since `require` would
     /// never find such a file.
     pub fn from_relative_path(rel: &Path) -> Result<ModuleName, Error> {
-        let bad = |reason: &str| Error::InvalidModulePath {
-            path: rel.to_path_buf(),
-            reason: reason.to_string(),
-        };
+        let bad = |reason: &str| Error::InvalidModulePath { path: rel.to_path_buf(), reason: reason.to_string() };
         let mut parts = Vec::new();
         for comp in rel.components() {
             match comp {
@@ -87,31 +75,22 @@ impl ModuleName {
                     None => return Err(bad("the path is not valid UTF-8")),
                 },
                 Component::CurDir => {}
-                _ => {
-                    return Err(bad(
-                        "the path must be relative to the library root, without `..` or a root",
-                    ))
-                }
+                _ => return Err(bad("the path must be relative to the library root, without `..` or a root")),
             }
         }
         let file = parts.pop().ok_or_else(|| bad("the path is empty"))?;
-        let stem = file
-            .strip_suffix(".lua")
-            .ok_or_else(|| bad("the file name does not end in `.lua`"))?;
+        let stem = file.strip_suffix(".lua").ok_or_else(|| bad("the file name does not end in `.lua`"))?;
         if stem != "init" || parts.is_empty() {
             parts.push(stem);
         }
         if parts.iter().any(|p| p.contains('.')) {
-            return Err(bad(
-                "a directory name or file stem contains `.`; `require` maps `.` to `/`, so it could never load this file",
-            ));
+            return Err(bad("a directory name or file stem contains `.`; `require` maps `.` to `/`, so it could never load this file"));
         }
         let name = parts.join(".");
         ModuleName::new(&name).map_err(|e| match e {
-            Error::InvalidModuleName { reason, .. } => Error::InvalidModulePath {
-                path: rel.to_path_buf(),
-                reason: format!("it maps to module name {name:?}, which is invalid: {reason}"),
-            },
+            Error::InvalidModuleName { reason, .. } => {
+                Error::InvalidModulePath { path: rel.to_path_buf(), reason: format!("it maps to module name {name:?}, which is invalid: {reason}") }
+            }
             other => other,
         })
     }
@@ -161,8 +140,7 @@ pub fn symbol_for_module(name: &str) -> Result<String, Error> {
 /// Is `s` a valid C identifier (ASCII only)?
 pub(crate) fn is_c_identifier(s: &str) -> bool {
     let mut chars = s.chars();
-    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_')
-        && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
+    matches!(chars.next(), Some(c) if c.is_ascii_alphabetic() || c == '_') && chars.all(|c| c.is_ascii_alphanumeric() || c == '_')
 }
 
 #[cfg(test)]
@@ -185,17 +163,7 @@ mod tests {
 
     #[test]
     fn bad_paths() {
-        for p in [
-            "",
-            "foo.txt",
-            "foo/bar.baz.lua",
-            "a.b/c.lua",
-            "../x.lua",
-            "/abs/x.lua",
-            "a b/c.lua",
-            "x$.lua",
-            "a/.lua",
-        ] {
+        for p in ["", "foo.txt", "foo/bar.baz.lua", "a.b/c.lua", "../x.lua", "/abs/x.lua", "a b/c.lua", "x$.lua", "a/.lua"] {
             let e = module_name_from_path(p).unwrap_err();
             assert!(matches!(e, Error::InvalidModulePath { .. }), "{p}: {e}");
             assert!(e.to_string().contains(p), "{e}");
@@ -220,10 +188,7 @@ mod tests {
 
     #[test]
     fn bad_names() {
-        for n in [
-            "", ".", "a.", ".a", "a..b", "a/b", "a b", "a\u{e9}", "a$b", "a-", "a-.b", "a-b-c",
-            "a:b",
-        ] {
+        for n in ["", ".", "a.", ".a", "a..b", "a/b", "a b", "a\u{e9}", "a$b", "a-", "a-.b", "a-b-c", "a:b"] {
             let e = ModuleName::new(n).unwrap_err();
             assert!(matches!(e, Error::InvalidModuleName { .. }), "{n:?}: {e}");
         }

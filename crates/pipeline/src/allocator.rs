@@ -43,8 +43,5 @@ pub fn add_to_toolchain(step: Step, sources: &Sources) -> Result<Step> {
         "-o".into(),
         repro::store::out_path(&format!("{}/malloc.o", crate::toolchain::LIB)),
     ]);
-    Ok(step
-        .source(SOURCE, mimalloc.path(), mimalloc.pin.tree)
-        .file("allocator/malloc.c", GLUE, false)
-        .command("allocator", compile))
+    Ok(step.source(SOURCE, mimalloc.path(), mimalloc.pin.tree).file("allocator/malloc.c", GLUE, false).command("allocator", compile))
 }

@@ -24,10 +24,7 @@ pub fn object_path(bytecode: &Artifact, symbol: &str) -> PathBuf {
 /// `@resty/upstream/healthcheck.lua`), never a build path.
 pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip: bool) -> Result<Artifact> {
     let layout = luajit::Layout::new(luajit);
-    let mut step = Step::new("lua-bytecode")
-        .code(repro::code_id!("src/bytecode.rs"))
-        .input("strip", strip.to_string())
-        .dep("luajit", luajit);
+    let mut step = Step::new("lua-bytecode").code(repro::code_id!("src/bytecode.rs")).input("strip", strip.to_string()).dep("luajit", luajit);
     for (path, source) in luabc::SOURCES {
         step = step.code(repro::CodeId::of(*path, source));
     }
@@ -46,4 +43,3 @@ pub fn bytecode(project: &Project, luajit: &Artifact, modules: &[Module], strip:
         Ok(())
     })
 }
-

@@ -6,8 +6,8 @@ use std::path::PathBuf;
 
 use repro::{Artifact, Error, FileLock, Result};
 
-pub use crate::bundle::{Bundle, LUA_PACKAGE_PATH};
 use crate::bundle::{self, Contents};
+pub use crate::bundle::{Bundle, LUA_PACKAGE_PATH};
 use crate::lua_modules::{self, Module};
 pub use crate::outputs::sha256_file;
 use crate::outputs::write_atomic;

@@ -13,8 +13,24 @@ pub const ROOTS: [&str; 2] = ["resty.core", "resty.upstream.healthcheck"];
 
 /// Modules compiled into LuaJIT or lua-nginx-module, never files.
 const BUILTIN: [&str; 18] = [
-    "_G", "bit", "coroutine", "debug", "ffi", "io", "jit", "math", "os", "package", "string", "table",
-    "table.new", "table.clear", "table.nkeys", "table.isarray", "table.isempty", "table.clone",
+    "_G",
+    "bit",
+    "coroutine",
+    "debug",
+    "ffi",
+    "io",
+    "jit",
+    "math",
+    "os",
+    "package",
+    "string",
+    "table",
+    "table.new",
+    "table.clear",
+    "table.nkeys",
+    "table.isarray",
+    "table.isempty",
+    "table.clone",
 ];
 
 /// A Lua library directory (`resty/core.lua` is `require "resty.core"`) and who provides it.

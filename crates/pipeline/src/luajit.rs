@@ -13,8 +13,7 @@ use crate::toolchain;
 /// default search path.
 const XCFLAGS: &str = "-DLUAJIT_ENABLE_LUA52COMPAT";
 pub const PREFIX: &str = "/usr/local";
-const DETERMINISTIC_XCFLAGS: &str =
-    " -DLUAJIT_TEST_FIXED_ORDER=1 -DLUAJIT_SECURITY_STRID=0 -DLUAJIT_SECURITY_STRHASH=0 -DLUAJIT_SECURITY_PRNG=0";
+const DETERMINISTIC_XCFLAGS: &str = " -DLUAJIT_TEST_FIXED_ORDER=1 -DLUAJIT_SECURITY_STRID=0 -DLUAJIT_SECURITY_STRHASH=0 -DLUAJIT_SECURITY_PRNG=0";
 
 pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
     let luajit = sources.get("luajit")?;

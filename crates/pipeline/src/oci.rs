@@ -21,9 +21,9 @@ use serde_json::{json, Value};
 use sha2::Digest;
 
 use crate::outputs::write_atomic;
+use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
 use crate::provenance::{PROJECT, TARGET};
 use crate::strategy::Strategy;
-use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
 
 /// Where the bundle lives in the image. Not versioned, so configurations mounted or copied
 /// into derived images keep their paths across upgrades.
@@ -73,14 +73,7 @@ pub fn cmd() -> Vec<String> {
 
 /// Builds the image of one bundle as a store step (so a no-op `dist` rewrites nothing) and
 /// copies it into `out_dir`. `bundle` is the bundle step, holding `<bundle_name>.tar.gz`.
-pub fn write_image(
-    project: &Project,
-    sources: &Sources,
-    out_dir: &Path,
-    strategy: Strategy,
-    bundle: &Artifact,
-    licenses: &str,
-) -> Result<(Image, Artifact)> {
+pub fn write_image(project: &Project, sources: &Sources, out_dir: &Path, strategy: Strategy, bundle: &Artifact, licenses: &str) -> Result<(Image, Artifact)> {
     let ca = sources.get("ca-certificates")?;
     let name = file_name(strategy.name());
     let bundle_name = crate::bundle::name(strategy);

@@ -12,13 +12,13 @@ use std::sync::Mutex;
 use repro::{Artifact, Error, MirrorKind, Result, Step, TreeHash};
 use serde_json::{json, Value};
 
-use crate::outputs::{sha256_file, write_atomic};
-use crate::provenance::{PROJECT, TARGET};
-use crate::strategy::Strategy;
 use crate::lua_modules::Module;
 use crate::nginx;
 use crate::oci;
+use crate::outputs::{sha256_file, write_atomic};
 use crate::project::{Project, Source, Sources, SOURCE_DATE_EPOCH};
+use crate::provenance::{PROJECT, TARGET};
+use crate::strategy::Strategy;
 
 /// The SBOM's name inside a bundle (beside `PROVENANCE.toml`).
 pub const FILE_IN_BUNDLE: &str = "SBOM.spdx.json";

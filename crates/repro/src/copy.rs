@@ -27,11 +27,7 @@ pub fn copy_tree(src: &Path, dst: &Path) -> Result<()> {
         } else {
             fs::copy(&from, &to).context(|| format!("cannot copy {}", from.display()))?;
             let time = std::time::UNIX_EPOCH + std::time::Duration::from_secs(COPY_MTIME_SECS);
-            fs::File::options()
-                .write(true)
-                .open(&to)
-                .and_then(|f| f.set_modified(time))
-                .context(|| format!("cannot set the time of {}", to.display()))?;
+            fs::File::options().write(true).open(&to).and_then(|f| f.set_modified(time)).context(|| format!("cannot set the time of {}", to.display()))?;
         }
     }
     Ok(())

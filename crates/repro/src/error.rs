@@ -17,10 +17,7 @@ impl Error {
         Error { message: message.into(), source: None }
     }
 
-    pub fn with_source(
-        message: impl Into<String>,
-        source: impl std::error::Error + Send + Sync + 'static,
-    ) -> Error {
+    pub fn with_source(message: impl Into<String>, source: impl std::error::Error + Send + Sync + 'static) -> Error {
         Error { message: message.into(), source: Some(Box::new(source)) }
     }
 }

@@ -14,12 +14,8 @@ impl FileLock {
         if let Some(parent) = path.parent() {
             fs::create_dir_all(parent).context(|| format!("cannot create {}", parent.display()))?;
         }
-        let file = fs::OpenOptions::new()
-            .create(true)
-            .truncate(false)
-            .write(true)
-            .open(path)
-            .context(|| format!("cannot open lock file {}", path.display()))?;
+        let file =
+            fs::OpenOptions::new().create(true).truncate(false).write(true).open(path).context(|| format!("cannot open lock file {}", path.display()))?;
         file.lock().context(|| format!("cannot lock {}", path.display()))?;
         Ok(FileLock { _file: file })
     }

@@ -96,9 +96,7 @@ fn two_concurrent_runs_build_once_and_both_succeed() {
     let threads: Vec<_> = (0..2)
         .map(|_| {
             let (store, counter) = (store.clone(), counter.clone());
-            std::thread::spawn(move || {
-                counted("slow", &counter, "x").command(".", ["sleep", "0.5"]).run(&store).unwrap()
-            })
+            std::thread::spawn(move || counted("slow", &counter, "x").command(".", ["sleep", "0.5"]).run(&store).unwrap())
         })
         .collect();
     let results: Vec<_> = threads.into_iter().map(|t| t.join().unwrap()).collect();
@@ -109,10 +107,7 @@ fn two_concurrent_runs_build_once_and_both_succeed() {
 
 /// The step the interruption test kills half way: it waits for `go` before finishing.
 fn resumable(go: &Path) -> Step {
-    let script = format!(
-        "echo partial > {{out}}/half; while [ ! -e {} ]; do sleep 0.05; done; echo whole > {{out}}/whole",
-        go.display()
-    );
+    let script = format!("echo partial > {{out}}/half; while [ ! -e {} ]; do sleep 0.05; done; echo whole > {{out}}/whole", go.display());
     Step::new("interrupted").command(".", ["sh", "-c", &script])
 }
 

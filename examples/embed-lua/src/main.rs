@@ -41,9 +41,7 @@ unsafe fn pop_string(l: *mut lua_State) -> String {
 
 #[cfg(not(embedded_lua))]
 fn main() -> ExitCode {
-    eprintln!(
-        "embed-lua was built without its Lua modules: build it with LUABC_LUAJIT, LUABC_LUA_PATH, LUAJIT_LIB_DIR and LUAJIT_INC_DIR set (see build.rs)"
-    );
+    eprintln!("embed-lua was built without its Lua modules: build it with LUABC_LUAJIT, LUABC_LUA_PATH, LUAJIT_LIB_DIR and LUAJIT_INC_DIR set (see build.rs)");
     ExitCode::FAILURE
 }
 

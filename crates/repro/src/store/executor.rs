@@ -13,13 +13,28 @@ use crate::copy::{copy_tree, COPY_MTIME_SECS};
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Action {
     /// A source tree copied into the build directory, every file at [`COPY_MTIME_SECS`].
-    CopySource { from: PathBuf, to: PathBuf },
+    CopySource {
+        from: PathBuf,
+        to: PathBuf,
+    },
     /// Another step's output, reachable through a symlink.
-    MountDep { target: PathBuf, at: PathBuf },
-    WriteFile { at: PathBuf, contents: Vec<u8>, executable: bool },
+    MountDep {
+        target: PathBuf,
+        at: PathBuf,
+    },
+    WriteFile {
+        at: PathBuf,
+        contents: Vec<u8>,
+        executable: bool,
+    },
     /// `argv` in `cwd` with exactly `env`; a program given as a relative path is relative to
     /// `cwd`, a bare name is looked up on `env`'s PATH.
-    Run { cwd: PathBuf, shown_cwd: String, argv: Vec<String>, env: BTreeMap<String, String> },
+    Run {
+        cwd: PathBuf,
+        shown_cwd: String,
+        argv: Vec<String>,
+        env: BTreeMap<String, String>,
+    },
 }
 
 /// Carries out `actions`, appending each command and its output to `log`. The error says

@@ -32,12 +32,20 @@ pub const OUT_DIR: &str = "{out}";
 
 /// `{out}/<rel>`: a path in the step's output directory, for commands.
 pub fn out_path(rel: &str) -> String {
-    if rel.is_empty() { OUT_DIR.to_owned() } else { format!("{OUT_DIR}/{}", rel.trim_start_matches('/')) }
+    if rel.is_empty() {
+        OUT_DIR.to_owned()
+    } else {
+        format!("{OUT_DIR}/{}", rel.trim_start_matches('/'))
+    }
 }
 
 /// `{build}/<rel>`: a path in the step's build directory, for commands.
 pub fn build_path(rel: &str) -> String {
-    if rel.is_empty() { BUILD_DIR.to_owned() } else { format!("{BUILD_DIR}/{}", rel.trim_start_matches('/')) }
+    if rel.is_empty() {
+        BUILD_DIR.to_owned()
+    } else {
+        format!("{BUILD_DIR}/{}", rel.trim_start_matches('/'))
+    }
 }
 
 /// The content-addressed store: `<root>/<name>-<key>` per built step, with its derivation
