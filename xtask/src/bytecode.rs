@@ -22,12 +22,20 @@ pub struct Args {
     /// Use only sources already in vendor/.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    cache: crate::cache::CacheArgs,
 }
 
 /// Compiles every module of the Lua libraries (pins and lualib/) plus `--module`s with the
 /// pinned LuaJIT, and prints module -> symbol -> object.
 pub fn run(args: Args) -> Result<()> {
-    let project = Project::from_checkout()?;
+    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
+    let result = run_in(&project, &args);
+    crate::cache::finish(&project, remote.as_ref())?;
+    result
+}
+
+fn run_in(project: &Project, args: &Args) -> Result<()> {
     // Bad names are refused before any work.
     let mut modules = Vec::new();
     for spec in &args.modules {
@@ -37,14 +45,14 @@ pub fn run(args: Args) -> Result<()> {
         modules.push(Module { relative: PathBuf::from(name.default_relative_path()), name: name.as_str().to_owned(), file });
     }
     let sources = project.sources(args.offline)?;
-    for library in lua_modules::project_libraries(&project, &sources)? {
+    for library in lua_modules::project_libraries(project, &sources)? {
         modules.extend(lua_modules::library_modules(&library.dir)?);
     }
-    let toolchain = toolchain::build(&project, &sources)?;
-    let luajit = luajit::build(&project, &sources, &toolchain)?;
-    let bytecode = bytecode::bytecode(&project, &luajit, &modules, !args.debug)?;
+    let toolchain = toolchain::build(project, &sources)?;
+    let luajit = luajit::build(project, &sources, &toolchain)?;
+    let bytecode = bytecode::bytecode(project, &luajit, &modules, !args.debug)?;
 
-    let out = args.out.unwrap_or_else(|| project.root.join("target/bytecode"));
+    let out = args.out.clone().unwrap_or_else(|| project.root.join("target/bytecode"));
     fs::create_dir_all(&out).map_err(|e| Error::with_source(format!("cannot create {}", out.display()), e))?;
     println!("{:<40} {:<52} object", "module", "symbol");
     for m in &modules {

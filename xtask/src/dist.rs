@@ -12,20 +12,27 @@ pub struct Args {
     /// Where to write the bundles (default: target/dist).
     #[arg(long)]
     out: Option<PathBuf>,
+    #[command(flatten)]
+    cache: crate::cache::CacheArgs,
 }
 
 /// Builds both bundles and prints what was built and what came from the store.
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let project = Project::from_checkout()?;
-    let dist = dist::build(&project, &dist::Options { offline: args.offline, out_dir: args.out })?;
+    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
+    let dist = dist::build(&project, &dist::Options { offline: args.offline, out_dir: args.out });
+    crate::cache::finish(&project, remote.as_ref())?;
+    let dist = dist?;
     for step in &dist.steps {
-        println!("{:<20} {} {}", step.name, if step.built { "built " } else { "cached" }, step.path.display());
+        println!("{:<20} {:<7} {}", step.name, crate::cache::outcome(step), step.path.display());
     }
     for bundle in &dist.bundles {
         println!("{}", bundle.tarball.display());
     }
     println!("{}", dist.sha256sums.display());
+    if let Some(sig) = crate::cache::sign_file(&args.cache, &dist.sha256sums)? {
+        println!("{}", sig.display());
+    }
     println!("dist done in {:.1}s", started.elapsed().as_secs_f64());
     Ok(())
 }

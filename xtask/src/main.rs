@@ -3,6 +3,7 @@
 
 mod bench;
 mod bytecode;
+mod cache;
 mod dist;
 mod explain;
 mod pin;
@@ -34,6 +35,9 @@ enum Task {
     Bytecode(bytecode::Args),
     /// Print a step's derivation (every input of its key), or say which inputs make two keys differ.
     Explain(explain::Args),
+    /// The shared cache: write a signing key pair, verify its entries by rebuilding, show stats.
+    #[command(subcommand_value_name = "keygen|verify|stats")]
+    Cache(cache::Args),
     /// Time cold, no-op and one-.lua-changed dist runs; print binary sizes.
     Bench(bench::Args),
 }
@@ -47,6 +51,7 @@ fn main() -> ExitCode {
         Task::Toolchain(args) => toolchain::run(args),
         Task::Bytecode(args) => bytecode::run(args),
         Task::Explain(args) => explain::run(args),
+        Task::Cache(args) => cache::run(args),
         Task::Bench(args) => bench::run(args),
     };
     match result {

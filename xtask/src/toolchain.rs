@@ -6,15 +6,21 @@ pub struct Args {
     /// Use only sources already in vendor/.
     #[arg(long)]
     offline: bool,
+    #[command(flatten)]
+    cache: crate::cache::CacheArgs,
 }
 
 /// Builds (or finds in the store) the musl toolchain and LuaJIT, and prints where they are.
 pub fn run(args: Args) -> Result<()> {
-    let project = Project::from_checkout()?;
-    let sources = project.sources(args.offline)?;
-    let tc = toolchain::build(&project, &sources)?;
-    println!("toolchain {} ({})", tc.path.display(), if tc.built { "built" } else { "cached" });
-    let lj = luajit::build(&project, &sources, &tc)?;
-    println!("luajit    {} ({})", lj.path.display(), if lj.built { "built" } else { "cached" });
-    Ok(())
+    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
+    let result = (|| {
+        let sources = project.sources(args.offline)?;
+        let tc = toolchain::build(&project, &sources)?;
+        println!("toolchain {} ({})", tc.path.display(), crate::cache::outcome(&tc));
+        let lj = luajit::build(&project, &sources, &tc)?;
+        println!("luajit    {} ({})", lj.path.display(), crate::cache::outcome(&lj));
+        Ok(())
+    })();
+    crate::cache::finish(&project, remote.as_ref())?;
+    result
 }

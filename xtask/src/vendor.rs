@@ -20,13 +20,21 @@ pub struct Args {
     /// Verify the sources in FILE (made by --export) and add them to the source cache first.
     #[arg(long, value_name = "FILE")]
     import: Option<PathBuf>,
+    #[command(flatten)]
+    cache: crate::cache::CacheArgs,
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let project = Project::from_checkout()?;
+    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
+    let result = run_in(&project, &args);
+    crate::cache::finish(&project, remote.as_ref())?;
+    result
+}
+
+fn run_in(project: &Project, args: &Args) -> Result<()> {
     let pins = project.lockfile()?.pins()?;
     if args.check {
-        return check(&project, &pins);
+        return check(project, &pins);
     }
     let cache = project.fetcher().source_cache().ok_or_else(|| Error::new("the project has no source cache"))?;
     if let Some(file) = &args.import {

@@ -20,5 +20,5 @@ pub mod sbom;
 pub mod strategy;
 pub mod toolchain;
 
-pub use project::{Project, Source, Sources};
+pub use project::{Project, Source, Sources, CACHE_ENV};
 pub use strategy::Strategy;

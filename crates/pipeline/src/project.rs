@@ -6,6 +6,8 @@ use repro::{vendor, Artifact, Fetcher, Lockfile, Pin, Result, SourceCache, Step,
 
 /// Overrides the store's location (default: the per-user cache directory).
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
+/// The shared cache, `s3://BUCKET/PREFIX`, when `--cache` is not given.
+pub const CACHE_ENV: &str = "STATIC_NGINX_CACHE";
 /// Every timestamp a build records.
 pub const SOURCE_DATE_EPOCH: &str = "1700000000";
 /// The host programs recipes run; their versions are part of every key.
@@ -43,6 +45,19 @@ impl Project {
     pub fn with_apt_sources(mut self, state_dir: PathBuf, sources: Vec<PathBuf>) -> Project {
         self.fetcher = self.fetcher.with_apt_sources(state_dir, sources);
         self
+    }
+
+    /// Pulls steps and source trees from `remote` before building or fetching them, and
+    /// pushes what this machine builds or fetches.
+    pub fn with_cache(mut self, remote: std::sync::Arc<repro::Remote>) -> Project {
+        self.store = self.store.with_remote(remote.clone());
+        self.fetcher = self.fetcher.with_remote(remote);
+        self
+    }
+
+    /// The committed list of public keys whose cache entries are trusted.
+    pub fn trusted_keys_path(&self) -> PathBuf {
+        self.root.join("lockfiles/cache-keys.toml")
     }
 
     pub fn lockfile_path(&self) -> PathBuf {

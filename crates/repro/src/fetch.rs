@@ -16,6 +16,7 @@ use crate::source_cache::SourceCache;
 pub struct Fetcher {
     apt: Apt,
     cache: Option<SourceCache>,
+    remote: Option<std::sync::Arc<crate::remote::Remote>>,
     commands: Mutex<Vec<String>>,
 }
 
@@ -70,7 +71,7 @@ impl Fetcher {
     /// `state_dir` holds apt's private state (package lists), nothing that verifies sources.
     pub fn new(state_dir: impl Into<PathBuf>) -> Fetcher {
         let sources = vec!["/etc/apt/sources.list".into(), "/etc/apt/sources.list.d".into()];
-        Fetcher { apt: Apt::new(state_dir.into().join("apt"), sources), cache: None, commands: Mutex::new(Vec::new()) }
+        Fetcher { apt: Apt::new(state_dir.into().join("apt"), sources), cache: None, remote: None, commands: Mutex::new(Vec::new()) }
     }
 
     /// Reads Debian archives from these apt source files or directories instead of the
@@ -86,6 +87,16 @@ impl Fetcher {
 
     pub fn source_cache(&self) -> Option<&SourceCache> {
         self.cache.as_ref()
+    }
+
+    /// A shared cache that source trees are pulled from (by tree hash) before any mirror, and
+    /// pushed to after a mirror gave them. Only used together with a source cache.
+    pub fn with_remote(self, remote: std::sync::Arc<crate::remote::Remote>) -> Fetcher {
+        Fetcher { remote: Some(remote), ..self }
+    }
+
+    pub fn remote(&self) -> Option<&std::sync::Arc<crate::remote::Remote>> {
+        self.remote.as_ref()
     }
 
     /// Every external command run so far (apt, curl), in order.

@@ -43,15 +43,27 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
             let origin = fs::read_to_string(&origin_file).ok().map(|s| s.trim().to_owned());
             if let Some(cache) = fetcher.source_cache() {
                 cache.insert(&dest, &tree)?;
+                if let Some(remote) = fetcher.remote() {
+                    remote.push_source(&tree.to_hex(), &cache.entry(&tree));
+                }
             }
             return Ok(Verified { path: dest, tree, origin, fetched: false });
         }
         notes.push(format!("  - {} held a different tree ({tree}); it was removed", dest.display()));
         fs::remove_dir_all(&dest).context(|| format!("cannot remove stale {}", dest.display()))?;
     }
+    if let (Some(cache), Some(remote)) = (fetcher.source_cache(), fetcher.remote()) {
+        if !cache.contains(&pin.tree) {
+            fs::create_dir_all(cache.dir()).context(|| format!("cannot create {}", cache.dir().display()))?;
+            remote.pull_source(&pin.tree.to_hex(), &cache.entry(&pin.tree))?;
+        }
+    }
     if let Some(cache) = fetcher.source_cache() {
         match cache.restore(&pin.tree, &dest)? {
             Restored::Yes => {
+                if let Some(remote) = fetcher.remote() {
+                    remote.push_source(&pin.tree.to_hex(), &cache.entry(&pin.tree));
+                }
                 fs::write(&origin_file, format!("{FROM_CACHE}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
                 return Ok(Verified { path: dest, tree: pin.tree, origin: Some(FROM_CACHE.to_owned()), fetched: true });
             }
@@ -75,6 +87,9 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
                 fs::write(&origin_file, format!("{origin}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
                 if let Some(cache) = fetcher.source_cache() {
                     cache.insert(&dest, &pin.tree)?;
+                    if let Some(remote) = fetcher.remote() {
+                        remote.push_source(&pin.tree.to_hex(), &cache.entry(&pin.tree));
+                    }
                 }
                 return Ok(Verified { path: dest, tree: pin.tree, origin: Some(origin), fetched: true });
             }

@@ -22,6 +22,7 @@ use crate::derivation::{self, CommandRecord, DepRef, Derivation, FileRef};
 use crate::error::{Context, Error, Result};
 use crate::fetch::tail;
 use crate::lock::FileLock;
+use crate::remote::Remote;
 use crate::tree::TreeHash;
 pub use executor::Action;
 
@@ -50,9 +51,17 @@ pub fn build_path(rel: &str) -> String {
 
 /// The content-addressed store: `<root>/<name>-<key>` per built step, with its derivation
 /// (`.drv`) and log (`.log`) beside it.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Store {
     root: PathBuf,
+    /// A shared cache: pulled from before a step builds, pushed to after.
+    remote: Option<std::sync::Arc<Remote>>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").field("root", &self.root).field("remote", &self.remote.as_ref().map(|r| r.url())).finish()
+    }
 }
 
 /// A finished step in the store.
@@ -63,8 +72,10 @@ pub struct Artifact {
     pub path: PathBuf,
     /// The step's log, kept beside its output.
     pub log: PathBuf,
-    /// `false` when the output was already in the store.
+    /// `false` when the output was already in the store or came from the cache.
     pub built: bool,
+    /// `true` when the output was pulled from the shared cache by this call.
+    pub pulled: bool,
     /// Wall time of the build (zero when it came from the store).
     pub seconds: f64,
 }
@@ -100,7 +111,17 @@ impl Store {
     pub fn open(root: impl Into<PathBuf>) -> Result<Store> {
         let root = root.into();
         fs::create_dir_all(&root).context(|| format!("cannot create the store at {}", root.display()))?;
-        Ok(Store { root })
+        Ok(Store { root, remote: None })
+    }
+
+    /// Pulls steps from `remote` before building them, and pushes what it builds.
+    pub fn with_remote(mut self, remote: std::sync::Arc<Remote>) -> Store {
+        self.remote = Some(remote);
+        self
+    }
+
+    pub fn remote(&self) -> Option<&std::sync::Arc<Remote>> {
+        self.remote.as_ref()
     }
 
     /// `$<var>` when set, else the per-user cache directory, so every clone on a machine
@@ -314,7 +335,15 @@ impl Step {
     pub fn planned(&self, store: &Store) -> Artifact {
         let key = self.key();
         let entry = format!("{}-{key}", self.name);
-        Artifact { name: self.name.clone(), key, path: store.root.join(&entry), log: store.root.join(format!("{entry}.log")), built: false, seconds: 0.0 }
+        Artifact {
+            name: self.name.clone(),
+            key,
+            path: store.root.join(&entry),
+            log: store.root.join(format!("{entry}.log")),
+            built: false,
+            pulled: false,
+            seconds: 0.0,
+        }
     }
 
     /// Returns the stored output, building it first when its key is absent.
@@ -331,8 +360,13 @@ impl Step {
         let entry = format!("{}-{key}", self.name);
         let path = store.root.join(&entry);
         let log = store.root.join(format!("{entry}.log"));
-        let artifact = |built, seconds| Artifact { name: self.name.clone(), key: key.clone(), path: path.clone(), log: log.clone(), built, seconds };
+        let artifact =
+            |built, seconds| Artifact { name: self.name.clone(), key: key.clone(), path: path.clone(), log: log.clone(), built, pulled: false, seconds };
         if path.is_dir() {
+            if let Some(remote) = &store.remote {
+                // A store filled before the cache existed fills it.
+                remote.push_step(&self.name, &key, &path, &store.root.join("tmp").join("push"), false);
+            }
             return Ok(artifact(false, 0.0));
         }
         // One lock per key makes concurrent runs build a step once; one per name guards the
@@ -342,6 +376,23 @@ impl Step {
             return Ok(artifact(false, 0.0));
         }
         let started = std::time::Instant::now();
+        if let Some(remote) = &store.remote {
+            let staging = store.root.join("tmp").join(format!("{entry}.pull"));
+            let _ = fs::remove_dir_all(&staging);
+            fs::create_dir_all(&staging).context(|| format!("cannot create {}", staging.display()))?;
+            let out = staging.join("out");
+            let pulled = remote.pull_step(&self.name, &key, &out);
+            if let Ok(true) = pulled {
+                let drv = store.derivation_path(&self.name, &key);
+                fs::write(&drv, derivation.to_toml()).context(|| format!("cannot write {}", drv.display()))?;
+                fs::write(&log, format!("pulled from {}\n", remote.url())).context(|| format!("cannot write {}", log.display()))?;
+                fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
+            }
+            let _ = fs::remove_dir_all(&staging);
+            if pulled? {
+                return Ok(Artifact { pulled: true, ..artifact(false, started.elapsed().as_secs_f64()) });
+            }
+        }
         let _dir_lock = FileLock::acquire(&store.root.join("locks").join(format!("{}.build.lock", self.name)))?;
         let build = store.root.join("build").join(&self.name);
         let staging = store.root.join("tmp").join(&entry);
@@ -372,7 +423,12 @@ impl Step {
         fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(&build);
-        Ok(artifact(true, started.elapsed().as_secs_f64()))
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(remote) = &store.remote {
+            // Uploaded on a background thread while the next step runs.
+            remote.push_step(&self.name, &key, &path, &store.root.join("tmp").join("push"), true);
+        }
+        Ok(artifact(true, seconds))
     }
 
     /// The step as a plain bash script: the same actions as [`Step::run`] carries out, with no
