@@ -4,6 +4,7 @@
 //! temporary directory and talks to it over 127.0.0.1 only.
 
 pub mod backend;
+pub mod garage;
 pub mod http;
 pub mod nginx;
 pub mod promtool;

@@ -321,7 +321,7 @@ impl Remote {
         let file = scratch.join(format!("{name}-{key}.push-{}.tar.gz", std::process::id()));
         let (me, out, scratch) = (Arc::clone(self), out.to_path_buf(), scratch.to_path_buf());
         let handle = std::thread::spawn(move || {
-            if !fresh && me.client.get(&format!("{}.sig", me.object(&rel))).is_ok() {
+            if !fresh && me.cached_already(&rel) {
                 return;
             }
             let archived = fs::create_dir_all(&scratch)
@@ -348,7 +348,7 @@ impl Remote {
     fn push_file(self: &Arc<Self>, rel: String, file: PathBuf) {
         let me = Arc::clone(self);
         let handle = std::thread::spawn(move || {
-            if me.client.get(&format!("{}.sig", me.object(&rel))).is_ok() {
+            if me.cached_already(&rel) {
                 return;
             }
             match fs::read(&file) {
@@ -357,6 +357,19 @@ impl Remote {
             }
         });
         self.pushes.lock().unwrap().push(handle);
+    }
+
+    /// Whether `rel` needs no upload: it is cached, or the cache cannot be used (reported).
+    fn cached_already(&self, rel: &str) -> bool {
+        let record = format!("{}.sig", self.object(rel));
+        match self.client.get(&record) {
+            Ok(_) => true,
+            Err(S3Error::NotFound) => false,
+            Err(e) => {
+                let _ = self.fault(format!("GET {record}: {e}"));
+                true
+            }
+        }
     }
 
     /// First writer wins: an existing record with the same hash means done; another hash is a
