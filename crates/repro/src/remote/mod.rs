@@ -109,6 +109,9 @@ pub struct Counts {
     pub refused: usize,
 }
 
+/// Told of every event as it happens.
+type Listener = Box<dyn Fn(&Event) + Send>;
+
 pub struct Remote {
     client: Client,
     prefix: String,
@@ -120,7 +123,7 @@ pub struct Remote {
     down: AtomicBool,
     events: Mutex<Vec<Event>>,
     pushes: Mutex<Vec<std::thread::JoinHandle<()>>>,
-    listener: Mutex<Option<Box<dyn Fn(&Event) + Send>>>,
+    listener: Mutex<Option<Listener>>,
 }
 
 /// `s3://BUCKET/PREFIX` as (bucket, prefix without slashes at either end).
