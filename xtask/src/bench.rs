@@ -11,6 +11,13 @@ pub struct Args {
     /// `cargo bench -p e2e --bench load` and `--bench versus_debian`).
     #[arg(long)]
     load: bool,
+    /// Instead of build times: `dist` in a fresh copy of the checkout (no vendor/) with an
+    /// empty store and this warm cache, beside a cold local build's time if one is given.
+    #[command(flatten)]
+    cache: crate::cache::CacheArgs,
+    /// The cold local build's wall time to print beside the warm-cache one.
+    #[arg(long, value_name = "SECONDS", requires = "cache")]
+    cold: Option<f64>,
 }
 
 /// Times a cold `dist` (empty store), a no-op `dist`, and `dist` after one `.lua` file changed,
@@ -26,6 +33,9 @@ pub fn run(args: Args) -> Result<()> {
                 .map_err(|e| Error::with_source(format!("the {bench} benchmark failed"), e))?;
         }
         return Ok(());
+    }
+    if args.cache.is_set() {
+        return crate::cache::bench(&args.cache, args.cold);
     }
     let here = Project::from_checkout()?;
     let scratch = here.root.join("target/bench");

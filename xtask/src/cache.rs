@@ -36,6 +36,10 @@ pub struct CacheArgs {
 }
 
 impl CacheArgs {
+    pub fn is_set(&self) -> bool {
+        self.url().is_some()
+    }
+
     fn url(&self) -> Option<String> {
         self.cache.clone().or_else(|| std::env::var(CACHE_ENV).ok()).filter(|u| !u.is_empty())
     }
@@ -215,6 +219,33 @@ fn verify(cache: &CacheArgs) -> Result<()> {
     if different > 0 {
         return Err(Error::new(format!("{different} step(s) rebuilt to other bytes than the cache holds: the build is not reproducible there")));
     }
+    Ok(())
+}
+
+/// `dist` on a fresh runner: a copy of the checkout without vendor/, an empty store, the warm
+/// cache; the xtask is already built, so this is the wall time a CI job waits.
+pub fn bench(cache: &CacheArgs, cold: Option<f64>) -> Result<()> {
+    let here = Project::from_checkout()?;
+    let scratch = here.root.join("target/bench-cache");
+    let _ = fs::remove_dir_all(&scratch);
+    let checkout = scratch.join("checkout");
+    here.copy_checkout(&checkout)?;
+    fs::remove_dir_all(checkout.join("vendor")).map_err(|e| Error::with_source("cannot empty vendor/ of the copy", e))?;
+    let (project, remote) = cache.attach(Project::with_store(checkout, scratch.join("store"))?)?;
+    let started = std::time::Instant::now();
+    let built = dist::build(&project, &dist::Options { offline: false, out_dir: Some(scratch.join("dist")) });
+    finish(&project, remote.as_ref())?;
+    let built = built?;
+    let secs = started.elapsed().as_secs_f64();
+    let local: Vec<&str> = built.steps.iter().filter(|s| !s.pulled).map(|s| s.name.as_str()).collect();
+    println!("{:<44} {:>8}", "dist", "wall");
+    println!("{:<44} {:>7.1}s", "fresh checkout, empty store, warm cache", secs);
+    if let Some(cold) = cold {
+        println!("{:<44} {:>7.1}s", "cold local build (given)", cold);
+    }
+    println!("steps not pulled: {}", if local.is_empty() { "none".to_owned() } else { local.join(", ") });
+    println!("mirror commands: {}", project.fetcher().commands().len());
+    let _ = fs::remove_dir_all(&scratch);
     Ok(())
 }
 
