@@ -6,7 +6,9 @@
 pub mod backend;
 pub mod garage;
 pub mod http;
+pub mod json;
 pub mod nginx;
+pub mod prometheus;
 pub mod promtool;
 pub mod tls;
 

@@ -2,7 +2,6 @@
 //! and conf/examples/lualib-comprehensive.conf), run unchanged except for addresses, ports and
 //! file paths, in both bundle strategies.
 
-use std::collections::BTreeSet;
 use std::thread::sleep;
 use std::time::{Duration, Instant};
 
@@ -71,61 +70,6 @@ fn embed_seed_turns_a_failing_peer_down_and_up() {
     }
 }
 
-/// Every non-comment line of `text` is `name{labels} value` or `name value`; returns the
-/// series (name and labels, as written) and fails on a duplicate.
-fn check_exposition(text: &str) -> Vec<(String, f64)> {
-    let mut seen = BTreeSet::new();
-    let mut out = Vec::new();
-    for line in text.lines() {
-        if line.is_empty() || line.starts_with('#') {
-            continue;
-        }
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let name = match series.split_once('{') {
-            None => series,
-            Some((name, rest)) => {
-                let labels = rest.strip_suffix('}').unwrap_or_else(|| panic!("labels end with }} in {line:?}"));
-                for pair in split_labels(labels) {
-                    let (k, v) = pair.split_once('=').unwrap_or_else(|| panic!("bad label {pair:?} in {line:?}"));
-                    assert!(!k.is_empty() && k.chars().all(|c| c.is_ascii_alphanumeric() || c == '_'), "bad label name in {line:?}");
-                    assert!(v.len() >= 2 && v.starts_with('"') && v.ends_with('"'), "unquoted label value in {line:?}");
-                }
-                name
-            }
-        };
-        assert!(!name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':'), "bad metric name in {line:?}");
-        assert!(seen.insert(series.to_string()), "duplicate series {series}");
-        out.push((series.to_string(), value));
-    }
-    out
-}
-
-/// Splits `k="v",k2="v2"` at the commas outside quoted values.
-fn split_labels(text: &str) -> Vec<String> {
-    let mut parts = Vec::new();
-    let mut cur = String::new();
-    let (mut quoted, mut escaped) = (false, false);
-    for c in text.chars() {
-        if escaped {
-            escaped = false;
-        } else if c == '\\' {
-            escaped = true;
-        } else if c == '"' {
-            quoted = !quoted;
-        } else if c == ',' && !quoted {
-            parts.push(std::mem::take(&mut cur));
-            continue;
-        }
-        cur.push(c);
-    }
-    assert!(!quoted, "unterminated label value in {text:?}");
-    if !cur.is_empty() {
-        parts.push(cur);
-    }
-    parts
-}
-
 #[test]
 fn comprehensive_seed_serves_status_and_merged_metrics() {
     for strategy in Strategy::ALL {
@@ -183,9 +127,9 @@ fn comprehensive_seed_serves_status_and_merged_metrics() {
         let metrics = http::get(status_port, "/metrics");
         assert_eq!(metrics.status, 200, "[{s}] /metrics");
         let body = &metrics.body;
-        let series = check_exposition(body);
-        assert!(series.iter().any(|(n, _)| n.starts_with("nginx_upstream_status_info")), "[{s}] healthcheck series:\n{body}");
-        assert!(series.iter().any(|(n, _)| n.starts_with("nginx_vts_")), "[{s}] vts series:\n{body}");
+        let series = e2e::prometheus::parse(body);
+        assert!(series.samples.iter().any(|x| x.name == "nginx_upstream_status_info"), "[{s}] healthcheck series:\n{body}");
+        assert!(series.samples.iter().any(|x| x.name.starts_with("nginx_vts_")), "[{s}] vts series:\n{body}");
         for src in ["healthcheck_module", "vts"] {
             let want = format!("nginx_metrics_source_up{{source=\"{src}\"}} 1");
             assert_eq!(body.lines().filter(|l| *l == want).count(), 1, "[{s}] exactly one {want:?}:\n{body}");

@@ -10,6 +10,8 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 
 use e2e::http::{self, Response};
+use e2e::json::Json;
+use e2e::prometheus::{self, Exposition};
 use e2e::{free_port, temp_dir, unpack_bundle, Nginx, Strategy};
 
 // ---------------------------------------------------------------------------------------------
@@ -79,338 +81,6 @@ fn run_plan(port: u16, plan: &[(&str, &str)], threads: usize) -> Vec<u16> {
         }
     });
     statuses.iter().map(|s| s.load(Ordering::SeqCst) as u16).collect()
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers: a strict Prometheus text parser
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone)]
-struct Sample {
-    name: String,
-    labels: Vec<(String, String)>,
-    value: f64,
-}
-
-#[derive(Debug)]
-struct Exposition {
-    /// Family names in the order of their `# TYPE` lines, with the type.
-    families: Vec<(String, String)>,
-    samples: Vec<Sample>,
-}
-
-impl Exposition {
-    /// The value of the series `name{labels}` (labels compared as a set).
-    fn value(&self, name: &str, labels: &[(&str, &str)]) -> Option<f64> {
-        let want: BTreeSet<(String, String)> = labels.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        self.samples.iter().find(|s| s.name == name && s.labels.iter().cloned().collect::<BTreeSet<_>>() == want).map(|s| s.value)
-    }
-
-    fn int(&self, name: &str, labels: &[(&str, &str)]) -> u64 {
-        let v = self.value(name, labels).unwrap_or_else(|| panic!("no series {name}{labels:?}"));
-        assert!(v >= 0.0 && v.fract() == 0.0, "{name}{labels:?} = {v} is not a count");
-        v as u64
-    }
-
-    /// Distinct values of `label` among the samples of `name`.
-    fn label_values(&self, name: &str, label: &str) -> BTreeSet<String> {
-        self.samples.iter().filter(|s| s.name == name).filter_map(|s| s.labels.iter().find(|(k, _)| k == label).map(|(_, v)| v.clone())).collect()
-    }
-}
-
-/// Parses the text exposition format, failing on anything a scraper would reject: a sample
-/// outside its family's `# HELP`/`# TYPE` block, a family declared twice, a duplicate series,
-/// a bad label escape or value.
-fn parse_prometheus(text: &str) -> Exposition {
-    let mut families: Vec<(String, String)> = Vec::new();
-    let mut helps: BTreeSet<String> = BTreeSet::new();
-    let mut samples = Vec::new();
-    let mut seen: BTreeSet<String> = BTreeSet::new();
-    let mut current: Option<String> = None;
-    assert!(text.ends_with('\n'), "the exposition ends with a newline");
-    for line in text.lines() {
-        if let Some(rest) = line.strip_prefix("# HELP ") {
-            let name = rest.split(' ').next().unwrap().to_string();
-            assert!(helps.insert(name.clone()), "HELP for {name} twice");
-            current = Some(name);
-            continue;
-        }
-        if let Some(rest) = line.strip_prefix("# TYPE ") {
-            let mut it = rest.split(' ');
-            let name = it.next().unwrap().to_string();
-            let kind = it.next().expect("TYPE has a type").to_string();
-            assert!(["counter", "gauge", "histogram"].contains(&kind.as_str()), "type {kind}");
-            assert!(helps.contains(&name), "TYPE {name} without HELP before it");
-            assert_eq!(current.as_deref(), Some(name.as_str()), "HELP and TYPE of {name} are adjacent");
-            assert!(!families.iter().any(|(n, _)| *n == name), "family {name} declared twice");
-            families.push((name, kind));
-            continue;
-        }
-        assert!(!line.starts_with('#') && !line.is_empty(), "unexpected line {line:?}");
-        let (series, value) = line.rsplit_once(' ').unwrap_or_else(|| panic!("no value in {line:?}"));
-        let value: f64 = value.parse().unwrap_or_else(|_| panic!("bad value in {line:?}"));
-        let (name, labels) = match series.split_once('{') {
-            None => (series.to_string(), Vec::new()),
-            Some((name, rest)) => (name.to_string(), parse_labels(rest.strip_suffix('}').expect("labels end with }"), line)),
-        };
-        assert!(name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == ':') && !name.is_empty(), "bad metric name in {line:?}");
-        let in_family = match families.last() {
-            Some((family, kind)) if kind == "histogram" => {
-                ["_bucket", "_sum", "_count"].iter().any(|suffix| name.strip_suffix(suffix) == Some(family.as_str()))
-            }
-            Some((family, _)) => *family == name,
-            None => false,
-        };
-        assert!(in_family, "sample {line:?} is not inside its family's block");
-        assert!(seen.insert(series.to_string()), "duplicate series {series}");
-        samples.push(Sample { name, labels, value });
-    }
-    Exposition { families, samples }
-}
-
-fn parse_labels(text: &str, line: &str) -> Vec<(String, String)> {
-    let mut labels = Vec::new();
-    let mut chars = text.chars().peekable();
-    while chars.peek().is_some() {
-        let mut key = String::new();
-        for c in chars.by_ref() {
-            if c == '=' {
-                break;
-            }
-            key.push(c);
-        }
-        assert_eq!(chars.next(), Some('"'), "label value is quoted in {line:?}");
-        let mut value = String::new();
-        loop {
-            match chars.next().unwrap_or_else(|| panic!("unterminated label value in {line:?}")) {
-                '"' => break,
-                '\\' => match chars.next() {
-                    Some('\\') => value.push('\\'),
-                    Some('"') => value.push('"'),
-                    Some('n') => value.push('\n'),
-                    other => panic!("bad escape {other:?} in {line:?}"),
-                },
-                '\n' => panic!("raw newline in {line:?}"),
-                c => value.push(c),
-            }
-        }
-        assert!(labels.iter().all(|(k, _)| *k != key), "label {key} twice in {line:?}");
-        labels.push((key, value));
-        match chars.next() {
-            None => break,
-            Some(',') => {}
-            other => panic!("unexpected {other:?} after a label in {line:?}"),
-        }
-    }
-    labels
-}
-
-// ---------------------------------------------------------------------------------------------
-// Helpers: a strict JSON parser (the e2e crate has no JSON dependency)
-// ---------------------------------------------------------------------------------------------
-
-#[derive(Debug, Clone, PartialEq)]
-enum Json {
-    Null,
-    Bool(bool),
-    Num(f64),
-    Str(String),
-    Arr(Vec<Json>),
-    /// Keys in document order; duplicates are rejected while parsing.
-    Obj(Vec<(String, Json)>),
-}
-
-impl Json {
-    fn parse(text: &str) -> Json {
-        let mut p = JsonParser { s: text.as_bytes(), i: 0 };
-        let v = p.value();
-        p.ws();
-        assert_eq!(p.i, p.s.len(), "trailing data after the JSON document");
-        v
-    }
-
-    fn get(&self, key: &str) -> &Json {
-        self.try_get(key).unwrap_or_else(|| panic!("no key {key:?} in {self:?}"))
-    }
-
-    fn try_get(&self, key: &str) -> Option<&Json> {
-        match self {
-            Json::Obj(members) => members.iter().find(|(k, _)| k == key).map(|(_, v)| v),
-            _ => panic!("not an object: {self:?}"),
-        }
-    }
-
-    fn keys(&self) -> Vec<&str> {
-        match self {
-            Json::Obj(members) => members.iter().map(|(k, _)| k.as_str()).collect(),
-            _ => panic!("not an object: {self:?}"),
-        }
-    }
-
-    fn u64(&self) -> u64 {
-        match self {
-            Json::Num(n) if *n >= 0.0 && n.fract() == 0.0 => *n as u64,
-            _ => panic!("not a count: {self:?}"),
-        }
-    }
-
-    fn str(&self) -> &str {
-        match self {
-            Json::Str(s) => s,
-            _ => panic!("not a string: {self:?}"),
-        }
-    }
-
-    fn arr(&self) -> &[Json] {
-        match self {
-            Json::Arr(a) => a,
-            _ => panic!("not an array: {self:?}"),
-        }
-    }
-}
-
-struct JsonParser<'a> {
-    s: &'a [u8],
-    i: usize,
-}
-
-impl JsonParser<'_> {
-    fn ws(&mut self) {
-        while self.i < self.s.len() && matches!(self.s[self.i], b' ' | b'\t' | b'\n' | b'\r') {
-            self.i += 1;
-        }
-    }
-
-    fn peek(&self) -> u8 {
-        *self.s.get(self.i).unwrap_or_else(|| panic!("JSON ends early"))
-    }
-
-    fn eat(&mut self, lit: &str) {
-        assert!(self.s[self.i..].starts_with(lit.as_bytes()), "expected {lit:?} at byte {}", self.i);
-        self.i += lit.len();
-    }
-
-    fn value(&mut self) -> Json {
-        self.ws();
-        match self.peek() {
-            b'{' => {
-                self.i += 1;
-                let mut members: Vec<(String, Json)> = Vec::new();
-                self.ws();
-                if self.peek() == b'}' {
-                    self.i += 1;
-                    return Json::Obj(members);
-                }
-                loop {
-                    self.ws();
-                    let key = self.string();
-                    assert!(members.iter().all(|(k, _)| *k != key), "duplicate key {key:?}");
-                    self.ws();
-                    self.eat(":");
-                    let v = self.value();
-                    members.push((key, v));
-                    self.ws();
-                    match self.peek() {
-                        b',' => self.i += 1,
-                        b'}' => {
-                            self.i += 1;
-                            return Json::Obj(members);
-                        }
-                        c => panic!("unexpected {:?} in an object at byte {}", c as char, self.i),
-                    }
-                }
-            }
-            b'[' => {
-                self.i += 1;
-                let mut items = Vec::new();
-                self.ws();
-                if self.peek() == b']' {
-                    self.i += 1;
-                    return Json::Arr(items);
-                }
-                loop {
-                    items.push(self.value());
-                    self.ws();
-                    match self.peek() {
-                        b',' => self.i += 1,
-                        b']' => {
-                            self.i += 1;
-                            return Json::Arr(items);
-                        }
-                        c => panic!("unexpected {:?} in an array at byte {}", c as char, self.i),
-                    }
-                }
-            }
-            b'"' => Json::Str(self.string()),
-            b't' => {
-                self.eat("true");
-                Json::Bool(true)
-            }
-            b'f' => {
-                self.eat("false");
-                Json::Bool(false)
-            }
-            b'n' => {
-                self.eat("null");
-                Json::Null
-            }
-            _ => {
-                let start = self.i;
-                while self.i < self.s.len() && matches!(self.s[self.i], b'-' | b'+' | b'.' | b'e' | b'E' | b'0'..=b'9') {
-                    self.i += 1;
-                }
-                let text = std::str::from_utf8(&self.s[start..self.i]).unwrap();
-                Json::Num(text.parse().unwrap_or_else(|_| panic!("bad number {text:?} at byte {start}")))
-            }
-        }
-    }
-
-    fn hex4(&mut self) -> u32 {
-        let text = std::str::from_utf8(&self.s[self.i..self.i + 4]).unwrap();
-        self.i += 4;
-        u32::from_str_radix(text, 16).unwrap_or_else(|_| panic!("bad \\u escape {text:?}"))
-    }
-
-    fn string(&mut self) -> String {
-        self.eat("\"");
-        let mut out = Vec::new();
-        loop {
-            let c = self.peek();
-            self.i += 1;
-            match c {
-                b'"' => break,
-                b'\\' => {
-                    let e = self.peek();
-                    self.i += 1;
-                    match e {
-                        b'"' => out.push(b'"'),
-                        b'\\' => out.push(b'\\'),
-                        b'/' => out.push(b'/'),
-                        b'b' => out.push(8),
-                        b'f' => out.push(12),
-                        b'n' => out.push(b'\n'),
-                        b'r' => out.push(b'\r'),
-                        b't' => out.push(b'\t'),
-                        b'u' => {
-                            let mut cp = self.hex4();
-                            if (0xd800..0xdc00).contains(&cp) {
-                                self.eat("\\u");
-                                let lo = self.hex4();
-                                assert!((0xdc00..0xe000).contains(&lo), "lone surrogate");
-                                cp = 0x10000 + ((cp - 0xd800) << 10) + (lo - 0xdc00);
-                            }
-                            let ch = char::from_u32(cp).unwrap_or_else(|| panic!("bad code point {cp:x}"));
-                            out.extend_from_slice(ch.to_string().as_bytes());
-                        }
-                        _ => panic!("bad escape \\{}", e as char),
-                    }
-                }
-                c if c < 0x20 => panic!("raw control character {c} in a JSON string"),
-                c => out.push(c),
-            }
-        }
-        String::from_utf8(out).expect("JSON strings are UTF-8")
-    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -602,7 +272,7 @@ fn counts_servers_upstreams_and_status_classes_exactly() {
         let prom = http::get(status_port, "/status/format/prometheus");
         assert_eq!(prom.status, 200);
         assert_eq!(prom.header("Content-Type"), Some("text/plain"));
-        let e = parse_prometheus(&prom.body);
+        let e = prometheus::parse(&prom.body);
         let families: Vec<(&str, &str)> = e.families.iter().map(|(n, t)| (n.as_str(), t.as_str())).collect();
         assert_eq!(families, PROM_FAMILIES, "metric families and their order");
 
@@ -919,7 +589,7 @@ fn prometheus_output_merges_into_metrics_via_capture() {
 
         let m = http::get(metrics_port, "/metrics");
         assert_eq!(m.status, 200);
-        let e = parse_prometheus(&m.body.replace("\n\n", "\n"));
+        let e = prometheus::parse(&m.body.replace("\n\n", "\n"));
         assert_eq!(e.value("nginx_metrics_source_up", &[("source", "vts")]), Some(1.0), "{}", m.body);
         assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "one.example"), ("code", "total")]), 1);
         assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "two.example"), ("code", "2xx")]), 2);
@@ -967,7 +637,7 @@ fn hosts_are_escaped_in_both_formats() {
         for host in hosts {
             assert_eq!(get_host(port, host, "/").status, 200, "{host}");
         }
-        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        let e = prometheus::parse(&http::get(status_port, "/status/format/prometheus").body);
         let j = Json::parse(&http::get(status_port, "/status/format/json").body);
         for host in [r#"quo"te.example"#, r#"back\slash.example"#, "caf\u{e9}.example", "mixed.example"] {
             assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", host), ("code", "2xx")]), 1, "{host}");
@@ -1011,7 +681,7 @@ fn full_zone_keeps_serving_and_counters_survive_reload() {
         let kept = zones.keys().len() - 1;
         assert!(kept > 10 && kept < 400, "the zone filled up after {kept} hosts");
         assert_eq!(j.get("sharedZones").get("usedNode").u64(), kept as u64 + 1);
-        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        let e = prometheus::parse(&http::get(status_port, "/status/format/prometheus").body);
         assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "*"), ("code", "total")]), 400);
 
         let log = nginx.error_log();
@@ -1148,7 +818,7 @@ fn filter_by_set_key_counts_per_group_and_key() {
 
         let prom = http::get(status_port, "/status/format/prometheus").body;
         promtool_check(&prom);
-        let e = parse_prometheus(&prom);
+        let e = prometheus::parse(&prom);
         let fl = |g: &'static str, k: &'static str, extra: (&'static str, &'static str)| [("filter", g), ("filter_name", k), extra];
         assert_eq!(e.int("nginx_vts_filter_requests_total", &fl("storage::f.test", "vol0", ("code", "2xx"))), 3);
         assert_eq!(e.int("nginx_vts_filter_requests_total", &fl("agent::f.test", "alpha", ("code", "4xx"))), 1);
@@ -1438,7 +1108,7 @@ fn histogram_buckets_limits_and_bypass() {
 
         let prom = http::get(status_port, "/status/format/prometheus").body;
         promtool_check(&prom);
-        let e = parse_prometheus(&prom);
+        let e = prometheus::parse(&prom);
         let hb = |le: &'static str| e.int("nginx_vts_server_request_duration_seconds_bucket", &[("host", "h.test"), ("le", le)]);
         assert_eq!((hb("0.100"), hb("0.250"), hb("5.000"), hb("+Inf")), (3, 3, 7, 7));
         assert_eq!(e.int("nginx_vts_server_request_duration_seconds_count", &[("host", "h.test")]), 7);
@@ -1547,7 +1217,7 @@ fn set_by_filter_sum_key_and_jsonp() {
 
         let j = status_json(status_port, "/status/format/json");
         assert_eq!(j.get("serverZones").keys(), ["s.test", "total"], "the sum key is renamed");
-        let e = parse_prometheus(&http::get(status_port, "/status/format/prometheus").body);
+        let e = prometheus::parse(&http::get(status_port, "/status/format/prometheus").body);
         assert_eq!(e.int("nginx_vts_server_requests_total", &[("host", "total"), ("code", "total")]), 8);
 
         for path in ["/jsonp", "/status/format/jsonp"] {

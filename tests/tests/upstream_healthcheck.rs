@@ -1144,7 +1144,7 @@ fn healthcheck_log_lines_are_the_originals_on_both_bundles() {
 
 /// The value of the series `name{labels}` in a metrics page.
 fn metric(page: &str, series: &str) -> Option<f64> {
-    page.lines().find_map(|l| l.strip_prefix(series).and_then(|v| v.strip_prefix(' ')).map(|v| v.parse().unwrap()))
+    e2e::prometheus::parse(page).series(series)
 }
 
 #[test]
