@@ -67,9 +67,30 @@ pub fn unpack_bundle(strategy: Strategy, dir: &Path) -> PathBuf {
     roots.pop().unwrap()
 }
 
-/// A port on 127.0.0.1 that was free a moment ago.
+/// A port on 127.0.0.1 that was free a moment ago and that no other caller in this process
+/// has been given.
+///
+/// Ports come from below the kernel's ephemeral range, so an outgoing connection's local port
+/// (which the kernel takes from that range) can never be the one a server is about to bind,
+/// and a port is never handed out twice: two tests sharing a port would have one nginx answer
+/// for the other. Each process starts at its own offset, so concurrent test binaries rarely
+/// probe the same ports.
 pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+    use std::sync::Mutex;
+    const FIRST: u32 = 20_000;
+    const COUNT: u32 = 12_000;
+    static NEXT: Mutex<Option<u32>> = Mutex::new(None);
+    let mut next = NEXT.lock().unwrap_or_else(|e| e.into_inner());
+    let start = *next.get_or_insert_with(|| std::process::id().wrapping_mul(997) % COUNT);
+    for step in 0..COUNT {
+        let candidate = (start + step) % COUNT;
+        let port = (FIRST + candidate) as u16;
+        if std::net::TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            *next = Some(candidate + 1);
+            return port;
+        }
+    }
+    panic!("no free port on 127.0.0.1 in {FIRST}..{}", FIRST + COUNT)
 }
 
 /// Reads a shipped example configuration (`conf/examples/NAME` in an unpacked bundle) and

@@ -16,7 +16,8 @@ pub struct Nginx {
 
 impl Nginx {
     /// Writes `conf` as `<prefix>/conf/<name>.conf`, starts `sbin/nginx -p prefix -c ...` in
-    /// the foreground and waits until every port in `ports` accepts connections.
+    /// the foreground and waits until every port in `ports` accepts connections on a socket
+    /// this nginx holds (another process answering on the port does not count).
     ///
     /// `conf` is a complete nginx.conf; its `error_log`/`pid` default to the prefix's `logs/`.
     pub fn start(prefix: &Path, conf: &str, ports: &[u16]) -> Nginx {
@@ -44,7 +45,8 @@ impl Nginx {
         let deadline = Instant::now() + Duration::from_secs(15);
         for &port in ports {
             loop {
-                if TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                let pid = nginx.child.as_ref().unwrap().id();
+                if TcpStream::connect(("127.0.0.1", port)).is_ok() && listens_on(pid, port) {
                     break;
                 }
                 if let Some(status) = nginx.child.as_mut().unwrap().try_wait().unwrap() {
@@ -153,4 +155,46 @@ impl Drop for Nginx {
 extern "C" {
     #[link_name = "kill"]
     fn libc_kill(pid: i32, sig: i32) -> i32;
+}
+
+/// Whether process `pid` holds a socket listening on TCP `port` (any address): the inodes of
+/// listening sockets in `/proc/net/tcp{,6}` against the process's open descriptors.
+fn listens_on(pid: u32, port: u16) -> bool {
+    const LISTEN: &str = "0A";
+    let mut inodes = Vec::new();
+    for table in ["/proc/net/tcp", "/proc/net/tcp6"] {
+        for line in fs::read_to_string(table).unwrap_or_default().lines().skip(1) {
+            let fields: Vec<&str> = line.split_whitespace().collect();
+            let (Some(local), Some(state), Some(inode)) = (fields.get(1), fields.get(3), fields.get(9)) else { continue };
+            let local_port = local.rsplit(':').next().and_then(|hex| u16::from_str_radix(hex, 16).ok());
+            if *state == LISTEN && local_port == Some(port) {
+                inodes.push(format!("socket:[{inode}]"));
+            }
+        }
+    }
+    let Ok(fds) = fs::read_dir(format!("/proc/{pid}/fd")) else { return false };
+    fds.flatten().any(|fd| fs::read_link(fd.path()).is_ok_and(|target| inodes.iter().any(|i| target.as_os_str() == i.as_str())))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::listens_on;
+
+    #[test]
+    fn a_listening_socket_is_found_only_in_the_process_that_holds_it() {
+        let listener = std::net::TcpListener::bind(("127.0.0.1", 0)).unwrap();
+        let port = listener.local_addr().unwrap().port();
+        assert!(listens_on(std::process::id(), port));
+        assert!(!listens_on(1, port), "pid 1 does not hold this test's socket");
+        drop(listener);
+        assert!(!listens_on(std::process::id(), port), "a closed listener is not found");
+    }
+
+    #[test]
+    fn free_ports_are_never_handed_out_twice() {
+        let ports: Vec<u16> = (0..200).map(|_| crate::free_port()).collect();
+        let unique: std::collections::BTreeSet<_> = ports.iter().collect();
+        assert_eq!(unique.len(), ports.len());
+        assert!(ports.iter().all(|&p| (20_000..32_000).contains(&p)), "below the ephemeral range");
+    }
 }
