@@ -7,7 +7,7 @@ use repro::derivation::explain_diff;
 use repro::Derivation;
 
 fn plan(project: Project) -> Vec<Derivation> {
-    dist::plan(&project.planning()).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|(step, _)| step.derivation()).collect()
+    dist::plan(project).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|(step, _)| step.derivation()).collect()
 }
 
 fn step<'a>(plan: &'a [Derivation], name: &str) -> &'a Derivation {

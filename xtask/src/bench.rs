@@ -1,7 +1,7 @@
 use std::fs;
 use std::time::Instant;
 
-use pipeline::{dist, Project};
+use pipeline::{dist, Project, StepRecord};
 use repro::{Error, Result};
 
 #[derive(clap::Args)]
@@ -42,7 +42,8 @@ pub fn run(args: Args) -> Result<()> {
     let _ = fs::remove_dir_all(&scratch);
     let checkout = scratch.join("checkout");
     here.copy_checkout(&checkout)?;
-    let project = Project::with_store(checkout.clone(), scratch.join("store"))?;
+    let record = StepRecord::new();
+    let project = Project::with_store(checkout.clone(), scratch.join("store"))?.recording(record.clone());
     let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")) };
 
     let timed = |label: &str| -> Result<(f64, dist::Dist)> {
@@ -54,7 +55,7 @@ pub fn run(args: Args) -> Result<()> {
         Ok((secs, d))
     };
     let (cold, cold_dist) = timed("cold")?;
-    let floor = floor(&project, &scratch.join("floor"))?;
+    let floor = floor(&record.steps(), &scratch.join("floor"))?;
     // The script must build what the store built, or it is no floor.
     for bundle in &cold_dist.bundles {
         let step = match bundle.strategy {
@@ -93,8 +94,7 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Writes every command-driven step of the cold run as one bash script and times it. Steps
 /// that run Rust code (bytecode) are reused from the store: they take a fraction of a second.
-fn floor(project: &Project, dir: &std::path::Path) -> Result<f64> {
-    let steps = project.steps_run();
+fn floor(steps: &[(repro::Step, repro::Artifact)], dir: &std::path::Path) -> Result<f64> {
     let scripted: Vec<String> = steps.iter().filter(|(s, _)| !s.commands().is_empty()).map(|(s, _)| s.name().to_owned()).collect();
     let mut script = String::from("set -euo pipefail\n");
     for (step, _) in steps.iter().filter(|(s, _)| scripted.iter().any(|n| n == s.name())) {

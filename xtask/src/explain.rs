@@ -15,11 +15,11 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let project = Project::from_checkout()?.planning();
+    let project = Project::from_checkout()?;
     if let Some(sides) = args.diff {
         return diff(&project.store, &sides[0], &sides[1]);
     }
-    let planned = dist::plan(&project)?;
+    let planned = dist::plan(project)?;
     match args.step {
         None => {
             for (step, artifact) in &planned {

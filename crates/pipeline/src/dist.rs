@@ -13,6 +13,7 @@ pub use crate::outputs::sha256_file;
 use crate::outputs::write_atomic;
 use crate::project::Project;
 pub use crate::provenance::{ORIGINS_FILE, PROJECT, TARGET};
+use crate::step_record::StepRecord;
 pub use crate::strategy::Strategy;
 use crate::{bytecode, luajit, nginx, oci, openssl, pcre, provenance, sbom, toolchain};
 
@@ -108,12 +109,11 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, sboms })
 }
 
-/// Every step of a dist of `project`'s checkout with its derivation, without building
-/// anything (`project` must be [`Project::planning`]); sources are vendored as for a build.
-pub fn plan(project: &Project) -> Result<Vec<(repro::Step, Artifact)>> {
-    if !project.is_planning() {
-        return Err(Error::new("dist::plan needs a planning project (Project::planning)"));
-    }
-    build(project, &Options { offline: false, out_dir: Some(std::env::temp_dir()) })?;
-    Ok(project.steps_run())
+/// Every step of a dist of `project`'s checkout with its derivation, in the order a build runs
+/// them, without building anything; sources are vendored as for a build.
+pub fn plan(project: Project) -> Result<Vec<(repro::Step, Artifact)>> {
+    let record = StepRecord::new();
+    let project = project.planning().recording(record.clone());
+    build(&project, &Options { offline: false, out_dir: Some(std::env::temp_dir()) })?;
+    Ok(record.steps())
 }

@@ -17,8 +17,10 @@ pub mod pcre;
 pub mod project;
 pub mod provenance;
 pub mod sbom;
+pub mod step_record;
 pub mod strategy;
 pub mod toolchain;
 
 pub use project::{Project, Source, Sources, CACHE_ENV};
+pub use step_record::StepRecord;
 pub use strategy::Strategy;

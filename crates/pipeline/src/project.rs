@@ -4,6 +4,8 @@ use std::path::{Path, PathBuf};
 
 use repro::{vendor, Artifact, Fetcher, Lockfile, Pin, Result, SourceCache, Step, Store, Verified};
 
+use crate::step_record::StepRecord;
+
 /// Overrides the store's location (default: the per-user cache directory).
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
 /// The shared cache, `s3://BUCKET/PREFIX`, when `--cache` is not given.
@@ -18,7 +20,7 @@ pub struct Project {
     pub store: Store,
     fetcher: Fetcher,
     tool_versions: std::sync::OnceLock<Result<String, String>>,
-    ran: std::sync::Mutex<Vec<(Step, Artifact)>>,
+    record: Option<std::sync::Arc<StepRecord>>,
     planning: bool,
 }
 
@@ -37,7 +39,7 @@ impl Project {
     /// A checkout at `root` building into the store at `store_root`.
     pub fn with_store(root: PathBuf, store_root: PathBuf) -> Result<Project> {
         let fetcher = Fetcher::new(store_root.join("../fetch")).with_source_cache(SourceCache::at(store_root.join("sources")));
-        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), ran: Default::default(), planning: false })
+        Ok(Project { root, store: Store::open(store_root)?, fetcher, tool_versions: Default::default(), record: None, planning: false })
     }
 
     /// Reads Debian archives from these apt source files instead of the machine's, keeping
@@ -112,22 +114,25 @@ impl Project {
         self.planning
     }
 
-    /// Runs a step in the store, remembering it (see [`Project::steps_run`]).
+    /// Adds every step this project runs from now on to `record`.
+    pub fn recording(mut self, record: std::sync::Arc<StepRecord>) -> Project {
+        self.record = Some(record);
+        self
+    }
+
+    /// Runs a step in the store (or only keys it, when planning).
     pub fn run(&self, step: Step) -> Result<Artifact> {
         self.run_with(step, |_, _| Ok(()))
     }
 
     /// [`Project::run`] with Rust code after the commands (see [`Step::run_with`]).
     pub fn run_with(&self, step: Step, finish: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<Artifact> {
-        let recipe = step.clone();
+        let recipe = self.record.as_ref().map(|_| step.clone());
         let artifact = if self.planning { step.planned(&self.store) } else { step.run_with(&self.store, finish)? };
-        self.ran.lock().unwrap().push((recipe, artifact.clone()));
+        if let (Some(record), Some(recipe)) = (&self.record, recipe) {
+            record.push(recipe, artifact.clone());
+        }
         Ok(artifact)
-    }
-
-    /// Every step run through this project so far, in order, with its output.
-    pub fn steps_run(&self) -> Vec<(Step, Artifact)> {
-        self.ran.lock().unwrap().clone()
     }
 
     /// Copies the tracked files and the verified vendor/ trees to `to`: a second checkout, for
