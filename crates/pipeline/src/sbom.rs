@@ -72,13 +72,60 @@ pub fn document(project: &Project, sources: &Sources, strategy: &str, binary: &P
 fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str, binary_sha: &str, modules: &[Module]) -> Result<Vec<u8>> {
     let name = bundle_name(strategy);
     let version = env!("CARGO_PKG_VERSION");
-    let created = oci::rfc3339(SOURCE_DATE_EPOCH.parse().unwrap());
-    let mut packages = Vec::new();
-    let mut relationships = Vec::new();
-    let mut relate = |a: &str, kind: &str, b: &str| relationships.push(json!({ "spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b }));
+    let mut graph = Graph::default();
+    release_packages(&mut graph, &licenses(project, sources, modules)?, strategy, binary_sha);
+    for source in &sources.0 {
+        graph.packages.push(source_package(source)?);
+    }
+    for pin in COMPILED_PINS {
+        graph.relate("SPDXRef-Binary", "GENERATED_FROM", &source_id(&sources.get(pin)?.pin.name));
+    }
+    if let Ok(ca) = sources.get("ca-certificates") {
+        graph.relate("SPDXRef-Image", "CONTAINS", &source_id(&ca.pin.name));
+    }
+    c_module_packages(&mut graph, project)?;
+    lua_module_packages(&mut graph, project, sources, strategy, modules)?;
 
-    let licenses = licenses(project, sources, modules)?;
-    packages.push(json!({
+    let mut doc = json!({
+        "spdxVersion": "SPDX-2.3",
+        "dataLicense": "CC0-1.0",
+        "SPDXID": "SPDXRef-DOCUMENT",
+        "name": name,
+        "documentNamespace": "",
+        "creationInfo": {
+            "created": oci::rfc3339(SOURCE_DATE_EPOCH.parse().unwrap()),
+            "creators": [format!("Tool: {PROJECT}-{version}")],
+            "comment": "Written by cargo xtask dist from lockfiles/sources.toml; created is SOURCE_DATE_EPOCH.",
+        },
+        "packages": graph.packages,
+        "relationships": graph.relationships,
+    });
+    // The namespace must be unique per document: a hash of everything else in it.
+    let digest = oci::sha256(&to_json(&doc)?);
+    doc["documentNamespace"] = json!(format!("https://spdx.org/spdxdocs/{name}-{}", &digest["sha256:".len().."sha256:".len() + 32]));
+    let mut out = serde_json::to_vec_pretty(&doc).map_err(|e| Error::new(format!("cannot serialise the SBOM: {e}")))?;
+    out.push(b'\n');
+    Ok(out)
+}
+
+/// The document's packages and relationships, in the order they are written.
+#[derive(Default)]
+struct Graph {
+    packages: Vec<Value>,
+    relationships: Vec<Value>,
+}
+
+impl Graph {
+    fn relate(&mut self, a: &str, kind: &str, b: &str) {
+        self.relationships.push(json!({ "spdxElementId": a, "relationshipType": kind, "relatedSpdxElement": b }));
+    }
+}
+
+/// The bundle, its OCI image and the binary inside it.
+fn release_packages(graph: &mut Graph, licenses: &str, strategy: &str, binary_sha: &str) {
+    let name = bundle_name(strategy);
+    let version = env!("CARGO_PKG_VERSION");
+    graph.packages.push(json!({
         "SPDXID": "SPDXRef-Bundle",
         "name": name,
         "versionInfo": version,
@@ -91,7 +138,7 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
         "copyrightText": "NOASSERTION",
         "comment": format!("The {strategy} release bundle: sbin/nginx, conf/, {}this document and PROVENANCE.toml.", if strategy == "lualib" { "lualib/, " } else { "" }),
     }));
-    packages.push(json!({
+    graph.packages.push(json!({
         "SPDXID": "SPDXRef-Image",
         "name": oci::file_name(strategy),
         "versionInfo": version,
@@ -104,11 +151,11 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
         "copyrightText": "NOASSERTION",
         "comment": format!("The OCI image of the bundle: the bundle at {}, /etc/passwd and /etc/group, and the CA certificates as /{}.", oci::PREFIX, oci::CA_BUNDLE),
     }));
-    relate("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Bundle");
-    relate("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Image");
-    relate("SPDXRef-Image", "CONTAINS", "SPDXRef-Bundle");
+    graph.relate("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Bundle");
+    graph.relate("SPDXRef-DOCUMENT", "DESCRIBES", "SPDXRef-Image");
+    graph.relate("SPDXRef-Image", "CONTAINS", "SPDXRef-Bundle");
 
-    packages.push(json!({
+    graph.packages.push(json!({
         "SPDXID": "SPDXRef-Binary",
         "name": format!("{PROJECT} sbin/nginx ({strategy})"),
         "versionInfo": version,
@@ -122,21 +169,15 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
         "copyrightText": "NOASSERTION",
         "comment": format!("nginx linked fully static (musl, static-PIE){}.", if strategy == "embed" { ", with every Lua module linked in as LuaJIT bytecode" } else { "" }),
     }));
-    relate("SPDXRef-Bundle", "CONTAINS", "SPDXRef-Binary");
+    graph.relate("SPDXRef-Bundle", "CONTAINS", "SPDXRef-Binary");
+}
 
-    for source in &sources.0 {
-        packages.push(source_package(source)?);
-    }
-    for pin in COMPILED_PINS {
-        relate("SPDXRef-Binary", "GENERATED_FROM", &source_id(&sources.get(pin)?.pin.name));
-    }
-    if let Ok(ca) = sources.get("ca-certificates") {
-        relate("SPDXRef-Image", "CONTAINS", &source_id(&ca.pin.name));
-    }
-
+/// This project's nginx C modules, each generated into the binary.
+fn c_module_packages(graph: &mut Graph, project: &Project) -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
     for (module, tree) in nginx::project_modules(project)? {
         let id = format!("SPDXRef-Module-{}", spdx_id_part(&module));
-        packages.push(json!({
+        graph.packages.push(json!({
             "SPDXID": id,
             "name": module,
             "versionInfo": version,
@@ -149,9 +190,14 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
             "copyrightText": "NOASSERTION",
             "comment": format!("An nginx C module of this project (modules/{module}); the checksum is the BLAKE3 hash of its tree."),
         }));
-        relate("SPDXRef-Binary", "GENERATED_FROM", &id);
+        graph.relate("SPDXRef-Binary", "GENERATED_FROM", &id);
     }
+    Ok(())
+}
 
+/// Every Lua module the bundle carries, with the pin it comes from.
+fn lua_module_packages(graph: &mut Graph, project: &Project, sources: &Sources, strategy: &str, modules: &[Module]) -> Result<()> {
+    let version = env!("CARGO_PKG_VERSION");
     let libraries = crate::lua_modules::project_libraries(project, sources)?;
     let lualib = project.root.join("lualib");
     for module in modules {
@@ -165,7 +211,7 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
         let bytes = fs::read(&module.file).map_err(|e| Error::with_source(format!("cannot read {}", module.file.display()), e))?;
         let sha = oci::sha256(&bytes);
         let shipped = if strategy == "embed" { "LuaJIT bytecode linked into sbin/nginx".to_owned() } else { format!("lualib/{}", module.relative.display()) };
-        packages.push(json!({
+        graph.packages.push(json!({
             "SPDXID": id,
             "name": module.name,
             "versionInfo": module_version,
@@ -179,32 +225,12 @@ fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str
             "copyrightText": "NOASSERTION",
             "comment": format!("Lua module from {origin}, shipped as {shipped}; the checksum is of its source file."),
         }));
-        relate(if strategy == "embed" { "SPDXRef-Binary" } else { "SPDXRef-Bundle" }, "CONTAINS", &id);
+        graph.relate(if strategy == "embed" { "SPDXRef-Binary" } else { "SPDXRef-Bundle" }, "CONTAINS", &id);
         if let Some(s) = pin {
-            relate(&id, "GENERATED_FROM", &source_id(&s.pin.name));
+            graph.relate(&id, "GENERATED_FROM", &source_id(&s.pin.name));
         }
     }
-
-    let mut doc = json!({
-        "spdxVersion": "SPDX-2.3",
-        "dataLicense": "CC0-1.0",
-        "SPDXID": "SPDXRef-DOCUMENT",
-        "name": name,
-        "documentNamespace": "",
-        "creationInfo": {
-            "created": created,
-            "creators": [format!("Tool: {PROJECT}-{version}")],
-            "comment": "Written by cargo xtask dist from lockfiles/sources.toml; created is SOURCE_DATE_EPOCH.",
-        },
-        "packages": packages,
-        "relationships": relationships,
-    });
-    // The namespace must be unique per document: a hash of everything else in it.
-    let digest = oci::sha256(&to_json(&doc)?);
-    doc["documentNamespace"] = json!(format!("https://spdx.org/spdxdocs/{name}-{}", &digest["sha256:".len().."sha256:".len() + 32]));
-    let mut out = serde_json::to_vec_pretty(&doc).map_err(|e| Error::new(format!("cannot serialise the SBOM: {e}")))?;
-    out.push(b'\n');
-    Ok(out)
+    Ok(())
 }
 
 /// The SPDX expression of every license the bundle's contents declare (the sources compiled

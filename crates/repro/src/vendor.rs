@@ -41,35 +41,14 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
         let tree = TreeHash::of_dir(&dest)?;
         if tree == pin.tree {
             let origin = fs::read_to_string(&origin_file).ok().map(|s| s.trim().to_owned());
-            if let Some(cache) = fetcher.source_cache() {
-                cache.insert(&dest, &tree)?;
-                if let Some(remote) = fetcher.remote() {
-                    remote.push_source(&tree.to_hex(), &cache.entry(&tree));
-                }
-            }
+            keep_in_caches(fetcher, &dest, &tree)?;
             return Ok(Verified { path: dest, tree, origin, fetched: false });
         }
         notes.push(format!("  - {} held a different tree ({tree}); it was removed", dest.display()));
         fs::remove_dir_all(&dest).context(|| format!("cannot remove stale {}", dest.display()))?;
     }
-    if let (Some(cache), Some(remote)) = (fetcher.source_cache(), fetcher.remote()) {
-        if !cache.contains(&pin.tree) {
-            fs::create_dir_all(cache.dir()).context(|| format!("cannot create {}", cache.dir().display()))?;
-            remote.pull_source(&pin.tree.to_hex(), &cache.entry(&pin.tree))?;
-        }
-    }
-    if let Some(cache) = fetcher.source_cache() {
-        match cache.restore(&pin.tree, &dest)? {
-            Restored::Yes => {
-                if let Some(remote) = fetcher.remote() {
-                    remote.push_source(&pin.tree.to_hex(), &cache.entry(&pin.tree));
-                }
-                fs::write(&origin_file, format!("{FROM_CACHE}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
-                return Ok(Verified { path: dest, tree: pin.tree, origin: Some(FROM_CACHE.to_owned()), fetched: true });
-            }
-            Restored::Missing => {}
-            Restored::Corrupt(why) => notes.push(format!("  - source cache: {why}")),
-        }
+    if let Some(verified) = from_source_cache(pin, &dest, &origin_file, fetcher, &mut notes)? {
+        return Ok(verified);
     }
     if offline {
         bail!(
@@ -85,12 +64,7 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
             Ok(Probe::Serves(candidate)) => {
                 let origin = candidate.what;
                 fs::write(&origin_file, format!("{origin}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
-                if let Some(cache) = fetcher.source_cache() {
-                    cache.insert(&dest, &pin.tree)?;
-                    if let Some(remote) = fetcher.remote() {
-                        remote.push_source(&pin.tree.to_hex(), &cache.entry(&pin.tree));
-                    }
-                }
+                keep_in_caches(fetcher, &dest, &pin.tree)?;
                 return Ok(Verified { path: dest, tree: pin.tree, origin: Some(origin), fetched: true });
             }
             Ok(Probe::Different(candidate, actual)) => notes.push(format!(
@@ -101,6 +75,44 @@ pub fn vendor(pin: &Pin, dir: &Path, fetcher: &Fetcher, offline: bool) -> Result
         }
     }
     Err(Error::new(format!("{} {}: no mirror gave the pinned tree {}:\n{}", pin.name, pin.version, pin.tree, notes.join("\n"))))
+}
+
+/// Restores the pinned tree to `dest` from the source cache, pulling it into the cache from the
+/// remote first when the remote has it. Why a cached entry was unusable goes to `notes`.
+fn from_source_cache(pin: &Pin, dest: &Path, origin_file: &Path, fetcher: &Fetcher, notes: &mut Vec<String>) -> Result<Option<Verified>> {
+    let Some(cache) = fetcher.source_cache() else { return Ok(None) };
+    if let Some(remote) = fetcher.remote() {
+        if !cache.contains(&pin.tree) {
+            fs::create_dir_all(cache.dir()).context(|| format!("cannot create {}", cache.dir().display()))?;
+            remote.pull_source(&pin.tree.to_hex(), &cache.entry(&pin.tree))?;
+        }
+    }
+    match cache.restore(&pin.tree, dest)? {
+        Restored::Yes => {
+            if let Some(remote) = fetcher.remote() {
+                remote.push_source(&pin.tree.to_hex(), &cache.entry(&pin.tree));
+            }
+            fs::write(origin_file, format!("{FROM_CACHE}\n")).context(|| format!("cannot write {}", origin_file.display()))?;
+            Ok(Some(Verified { path: dest.to_path_buf(), tree: pin.tree, origin: Some(FROM_CACHE.to_owned()), fetched: true }))
+        }
+        Restored::Missing => Ok(None),
+        Restored::Corrupt(why) => {
+            notes.push(format!("  - source cache: {why}"));
+            Ok(None)
+        }
+    }
+}
+
+/// Puts a verified tree into the source cache and shares it through the remote, when either
+/// is configured.
+fn keep_in_caches(fetcher: &Fetcher, tree_dir: &Path, tree: &TreeHash) -> Result<()> {
+    if let Some(cache) = fetcher.source_cache() {
+        cache.insert(tree_dir, tree)?;
+        if let Some(remote) = fetcher.remote() {
+            remote.push_source(&tree.to_hex(), &cache.entry(tree));
+        }
+    }
+    Ok(())
 }
 
 /// What one mirror does for a pin.

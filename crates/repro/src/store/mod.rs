@@ -359,43 +359,70 @@ impl Step {
         let key = derivation.key();
         let entry = format!("{}-{key}", self.name);
         let path = store.root.join(&entry);
-        let log = store.root.join(format!("{entry}.log"));
-        let artifact =
-            |built, seconds| Artifact { name: self.name.clone(), key: key.clone(), path: path.clone(), log: log.clone(), built, pulled: false, seconds };
+        let artifact = |built, pulled, seconds| Artifact {
+            name: self.name.clone(),
+            key: key.clone(),
+            path: path.clone(),
+            log: store.root.join(format!("{entry}.log")),
+            built,
+            pulled,
+            seconds,
+        };
         if path.is_dir() {
             if let Some(remote) = &store.remote {
                 // A store filled before the cache existed fills it.
                 remote.push_step(&self.name, &key, &path, &store.root.join("tmp").join("push"), false);
             }
-            return Ok(artifact(false, 0.0));
+            return Ok(artifact(false, false, 0.0));
         }
         // One lock per key makes concurrent runs build a step once; one per name guards the
         // build directory, whose path must not depend on the key (it ends up in debug info).
         let _key_lock = FileLock::acquire(&store.root.join("locks").join(format!("{entry}.lock")))?;
         if path.is_dir() {
-            return Ok(artifact(false, 0.0));
+            return Ok(artifact(false, false, 0.0));
         }
         let started = std::time::Instant::now();
-        if let Some(remote) = &store.remote {
-            let staging = store.root.join("tmp").join(format!("{entry}.pull"));
-            let _ = fs::remove_dir_all(&staging);
-            fs::create_dir_all(&staging).context(|| format!("cannot create {}", staging.display()))?;
-            let out = staging.join("out");
-            let pulled = remote.pull_step(&self.name, &key, &out);
-            if let Ok(true) = pulled {
-                let drv = store.derivation_path(&self.name, &key);
-                fs::write(&drv, derivation.to_toml()).context(|| format!("cannot write {}", drv.display()))?;
-                fs::write(&log, format!("pulled from {}\n", remote.url())).context(|| format!("cannot write {}", log.display()))?;
-                fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
-            }
-            let _ = fs::remove_dir_all(&staging);
-            if pulled? {
-                return Ok(Artifact { pulled: true, ..artifact(false, started.elapsed().as_secs_f64()) });
-            }
+        if self.pull(store, &derivation, &entry)? {
+            return Ok(artifact(false, true, started.elapsed().as_secs_f64()));
         }
+        self.build(store, &derivation, &entry, finish)?;
+        let seconds = started.elapsed().as_secs_f64();
+        if let Some(remote) = &store.remote {
+            // Uploaded on a background thread while the next step runs.
+            remote.push_step(&self.name, &key, &path, &store.root.join("tmp").join("push"), true);
+        }
+        Ok(artifact(true, false, seconds))
+    }
+
+    /// Takes the output from the store's remote cache, when it has a trusted entry for the key,
+    /// as store entry `entry`. False when there is no remote or no such entry.
+    fn pull(&self, store: &Store, derivation: &Derivation, entry: &str) -> Result<bool> {
+        let Some(remote) = &store.remote else { return Ok(false) };
+        let key = derivation.key();
+        let staging = store.root.join("tmp").join(format!("{entry}.pull"));
+        let _ = fs::remove_dir_all(&staging);
+        fs::create_dir_all(&staging).context(|| format!("cannot create {}", staging.display()))?;
+        let out = staging.join("out");
+        let pulled = remote.pull_step(&self.name, &key, &out);
+        if let Ok(true) = pulled {
+            let drv = store.derivation_path(&self.name, &key);
+            let log = store.root.join(format!("{entry}.log"));
+            let path = store.root.join(entry);
+            fs::write(&drv, derivation.to_toml()).context(|| format!("cannot write {}", drv.display()))?;
+            fs::write(&log, format!("pulled from {}\n", remote.url())).context(|| format!("cannot write {}", log.display()))?;
+            fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
+        }
+        let _ = fs::remove_dir_all(&staging);
+        pulled
+    }
+
+    /// Runs the step's actions and `finish` in a clean build directory and publishes the output
+    /// as store entry `entry`, its derivation beside it; on failure nothing is published and the
+    /// error points at the log.
+    fn build(&self, store: &Store, derivation: &Derivation, entry: &str, finish: impl FnOnce(&Path, &Path) -> Result<()>) -> Result<()> {
         let _dir_lock = FileLock::acquire(&store.root.join("locks").join(format!("{}.build.lock", self.name)))?;
         let build = store.root.join("build").join(&self.name);
-        let staging = store.root.join("tmp").join(&entry);
+        let staging = store.root.join("tmp").join(entry);
         for dir in [&build, &staging] {
             if dir.exists() {
                 fs::remove_dir_all(dir).context(|| format!("cannot clear {}", dir.display()))?;
@@ -404,6 +431,7 @@ impl Step {
         let out = staging.join("out");
         fs::create_dir_all(&out).context(|| format!("cannot create {}", out.display()))?;
         fs::create_dir_all(&build).context(|| format!("cannot create {}", build.display()))?;
+        let log = store.root.join(format!("{entry}.log"));
         let staged_log = staging.join("log");
         let actions = self.actions(&build, &out, |dep| dep.path.clone());
         let result = fs::File::create(&staged_log)
@@ -416,19 +444,15 @@ impl Step {
             return Err(StepFailure { step: self.name.clone(), what }.with_log(&log));
         }
         // The derivation first: an output in the store always has its derivation beside it.
-        let drv = store.derivation_path(&self.name, &key);
+        let drv = store.derivation_path(&self.name, &derivation.key());
         let drv_tmp = staging.join("drv");
         fs::write(&drv_tmp, derivation.to_toml()).context(|| format!("cannot write {}", drv_tmp.display()))?;
         fs::rename(&drv_tmp, &drv).context(|| format!("cannot write {}", drv.display()))?;
+        let path = store.root.join(entry);
         fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(&build);
-        let seconds = started.elapsed().as_secs_f64();
-        if let Some(remote) = &store.remote {
-            // Uploaded on a background thread while the next step runs.
-            remote.push_step(&self.name, &key, &path, &store.root.join("tmp").join("push"), true);
-        }
-        Ok(artifact(true, seconds))
+        Ok(())
     }
 
     /// The step as a plain bash script: the same actions as [`Step::run`] carries out, with no
