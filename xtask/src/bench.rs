@@ -55,18 +55,7 @@ pub fn run(args: Args) -> Result<()> {
         Ok((secs, d))
     };
     let (cold, cold_dist) = timed("cold")?;
-    let floor = floor(&record.steps(), &scratch.join("floor"))?;
-    // The script must build what the store built, or it is no floor.
-    for bundle in &cold_dist.bundles {
-        let step = match bundle.strategy {
-            pipeline::Strategy::Embed => "nginx-embed",
-            pipeline::Strategy::Lualib => "nginx",
-        };
-        let scripted = fs::read(scratch.join("floor/out").join(step).join("sbin/nginx")).unwrap_or_default();
-        if scripted != fs::read(&bundle.binary).unwrap_or_default() {
-            return Err(Error::new(format!("the plain script built a different {} binary", bundle.strategy)));
-        }
-    }
+    let floor = floor(&record.steps(), &scratch.join("floor"), &cold_dist.bundles)?;
     eprintln!("floor (plain script, same binaries): {floor:.1}s");
     let (noop, _) = timed("no-op")?;
     let lua = checkout.join("lualib/resty/upstream/healthcheck.lua");
@@ -94,7 +83,8 @@ pub fn run(args: Args) -> Result<()> {
 
 /// Writes every command-driven step of the cold run as one bash script and times it. Steps
 /// that run Rust code (bytecode) are reused from the store: they take a fraction of a second.
-fn floor(steps: &[(repro::Step, repro::Artifact)], dir: &std::path::Path) -> Result<f64> {
+/// The script's binaries must equal the store's `bundles`' binaries.
+fn floor(steps: &[(repro::Step, repro::Artifact)], dir: &std::path::Path, bundles: &[dist::Bundle]) -> Result<f64> {
     let scripted: Vec<String> = steps.iter().filter(|(s, _)| !s.commands().is_empty()).map(|(s, _)| s.name().to_owned()).collect();
     let mut script = String::from("set -euo pipefail\n");
     for (step, _) in steps.iter().filter(|(s, _)| scripted.iter().any(|n| n == s.name())) {
@@ -113,5 +103,16 @@ fn floor(steps: &[(repro::Step, repro::Artifact)], dir: &std::path::Path) -> Res
     duct::cmd("bash", [&path]).stdout_null().stderr_null().run().map_err(|e| Error::with_source(format!("{} failed", path.display()), e))?;
     let secs = started.elapsed().as_secs_f64();
     let _ = fs::remove_dir_all(dir.join("build"));
+    // The script must build what the store built, or it is no floor.
+    for bundle in bundles {
+        let step = match bundle.strategy {
+            pipeline::Strategy::Embed => "nginx-embed",
+            pipeline::Strategy::Lualib => "nginx",
+        };
+        let scripted = fs::read(dir.join("out").join(step).join("sbin/nginx")).unwrap_or_default();
+        if scripted != fs::read(&bundle.binary).unwrap_or_default() {
+            return Err(Error::new(format!("the plain script built a different {} binary", bundle.strategy)));
+        }
+    }
     Ok(secs)
 }
