@@ -29,10 +29,7 @@ pub struct Args {
 /// Compiles every module of the Lua libraries (pins and lualib/) plus `--module`s with the
 /// pinned LuaJIT, and prints module -> symbol -> object.
 pub fn run(args: Args) -> Result<()> {
-    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
-    let result = run_in(&project, &args);
-    crate::cache::finish(&project, remote.as_ref())?;
-    result
+    args.cache.run_with_project(|project| run_in(project, &args))
 }
 
 fn run_in(project: &Project, args: &Args) -> Result<()> {

@@ -73,6 +73,15 @@ impl CacheArgs {
         });
         Ok((project.with_cache(remote.clone()), Some(remote)))
     }
+
+    /// Runs `task` on this checkout's project with the cache attached, then waits for the
+    /// cache's background pushes, whether `task` succeeded or not.
+    pub fn run_with_project<T>(&self, task: impl FnOnce(&Project) -> Result<T>) -> Result<T> {
+        let (project, remote) = self.attach(Project::from_checkout()?)?;
+        let result = task(&project);
+        finish(&project, remote.as_ref())?;
+        result
+    }
 }
 
 /// Waits for the background pushes and records the run's counts in the store.

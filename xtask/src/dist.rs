@@ -1,7 +1,7 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use pipeline::{dist, Project};
+use pipeline::dist;
 use repro::Result;
 
 #[derive(clap::Args)]
@@ -19,10 +19,8 @@ pub struct Args {
 /// Builds both bundles and prints what was built and what came from the store.
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
-    let dist = dist::build(&project, &dist::Options { offline: args.offline, out_dir: args.out });
-    crate::cache::finish(&project, remote.as_ref())?;
-    let dist = dist?;
+    let options = dist::Options { offline: args.offline, out_dir: args.out.clone() };
+    let dist = args.cache.run_with_project(|project| dist::build(project, &options))?;
     for step in &dist.steps {
         println!("{:<20} {:<7} {}", step.name, crate::cache::outcome(step), step.path.display());
     }

@@ -1,4 +1,4 @@
-use pipeline::{luajit, toolchain, Project};
+use pipeline::{luajit, toolchain};
 use repro::Result;
 
 #[derive(clap::Args)]
@@ -12,15 +12,12 @@ pub struct Args {
 
 /// Builds (or finds in the store) the musl toolchain and LuaJIT, and prints where they are.
 pub fn run(args: Args) -> Result<()> {
-    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
-    let result = (|| {
+    args.cache.run_with_project(|project| {
         let sources = project.sources(args.offline)?;
-        let tc = toolchain::build(&project, &sources)?;
+        let tc = toolchain::build(project, &sources)?;
         println!("toolchain {} ({})", tc.path.display(), crate::cache::outcome(&tc));
-        let lj = luajit::build(&project, &sources, &tc)?;
+        let lj = luajit::build(project, &sources, &tc)?;
         println!("luajit    {} ({})", lj.path.display(), crate::cache::outcome(&lj));
         Ok(())
-    })();
-    crate::cache::finish(&project, remote.as_ref())?;
-    result
+    })
 }

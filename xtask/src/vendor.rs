@@ -25,10 +25,7 @@ pub struct Args {
 }
 
 pub fn run(args: Args) -> Result<()> {
-    let (project, remote) = args.cache.attach(Project::from_checkout()?)?;
-    let result = run_in(&project, &args);
-    crate::cache::finish(&project, remote.as_ref())?;
-    result
+    args.cache.run_with_project(|project| run_in(project, &args))
 }
 
 fn run_in(project: &Project, args: &Args) -> Result<()> {
