@@ -90,7 +90,12 @@ pub fn finish(project: &Project, remote: Option<&Arc<Remote>>) -> Result<()> {
     remote.finish();
     let c = remote.counts();
     let path = project.store.root().join(STATS_FILE);
-    let text = format!("cache = {:?}\nhits = {}\nmisses = {}\npushed = {}\nrefused = {}\n", remote.url(), c.hits, c.misses, c.pushed, c.refused);
+    let mut stats = toml_edit::DocumentMut::new();
+    stats["cache"] = toml_edit::value(remote.url());
+    for (name, count) in [("hits", c.hits), ("misses", c.misses), ("pushed", c.pushed), ("refused", c.refused)] {
+        stats[name] = toml_edit::value(i64::try_from(count).unwrap_or(i64::MAX));
+    }
+    let text = stats.to_string();
     fs::write(&path, text).map_err(|e| Error::with_source(format!("cannot write {}", path.display()), e))?;
     let mismatches: Vec<String> = remote.events().iter().filter(|e| matches!(e, Event::Mismatch { .. })).map(ToString::to_string).collect();
     if !mismatches.is_empty() {

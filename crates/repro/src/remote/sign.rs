@@ -130,8 +130,15 @@ impl Record {
         Record { object: object.to_owned(), blake3, size, key: key.public().to_string(), signature }
     }
 
+    /// The record as TOML (strings escaped the way TOML escapes them).
     pub fn to_text(&self) -> String {
-        format!("object = {:?}\nblake3 = {:?}\nsize = {}\nkey = {:?}\nsignature = {:?}\n", self.object, self.blake3, self.size, self.key, self.signature)
+        let mut doc = toml_edit::DocumentMut::new();
+        doc["object"] = toml_edit::value(&self.object);
+        doc["blake3"] = toml_edit::value(&self.blake3);
+        doc["size"] = toml_edit::value(i64::try_from(self.size).unwrap_or(i64::MAX));
+        doc["key"] = toml_edit::value(&self.key);
+        doc["signature"] = toml_edit::value(&self.signature);
+        doc.to_string()
     }
 
     pub fn parse(text: &str) -> Result<Record, String> {
