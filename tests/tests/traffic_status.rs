@@ -657,7 +657,7 @@ fn full_zone_keeps_serving_and_counters_survive_reload() {
         let (port, status_port) = (free_port(), free_port());
         let body = format!(
             r#"
-        vhost_traffic_status_zone shared:small:32k;
+        vhost_traffic_status_zone shared:small:64k;
         vhost_traffic_status_filter_by_host on;
         server {{
             listen 127.0.0.1:{port};
@@ -1449,8 +1449,7 @@ fn dashboard_renders_live_numbers_in_chromium() {
 }
 
 /// `vhost_traffic_status_stats_by_upstream off` leaves a location's upstream attempts
-/// uncounted (its server zone still counts); `average_method` / `average_period` are accepted
-/// (the averages stay means) and checked.
+/// uncounted (its server zone still counts); `average_method` / `average_period` are checked.
 #[test]
 fn stats_by_upstream_and_average_directives() {
     for strategy in Strategy::ALL {
@@ -1496,5 +1495,118 @@ fn stats_by_upstream_and_average_directives() {
             Err(e) => e,
         };
         assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+    }
+}
+
+/// The window of one zone as JSON shows it: `(times, msecs)` of `"<what>Msecs"`, oldest first.
+fn window(zone: &Json, what: &str) -> (Vec<u64>, Vec<u64>) {
+    let w = zone.get(&format!("{what}Msecs"));
+    let list = |key: &str| w.get(key).arr().iter().map(Json::u64).collect::<Vec<_>>();
+    let (times, msecs) = (list("times"), list("msecs"));
+    assert_eq!(times.len(), msecs.len(), "one time per sample");
+    (times, msecs)
+}
+
+fn amm(msecs: &[u64]) -> u64 {
+    msecs.iter().sum::<u64>() / msecs.len() as u64
+}
+
+/// The weighted moving average: the i-th sample (oldest first) weighs i + 1.
+fn wma(msecs: &[u64]) -> u64 {
+    let weights: u64 = (1..=msecs.len() as u64).sum();
+    msecs.iter().zip(1..).map(|(m, w)| m * w).sum::<u64>() / weights
+}
+
+/// `requestMsec` / `responseMsec` are moving averages the way vts computes them: over the last
+/// 64 samples shown in `requestMsecs` / `responseMsecs` (epoch-ms times, durations), as AMM or
+/// WMA by the displaying location's `vhost_traffic_status_average_method`, over the samples
+/// younger than its period (0: all of them). The Prometheus gauges and `$vts_request_time`
+/// report the same averages.
+#[test]
+fn moving_averages_follow_the_window_the_method_and_the_period() {
+    let epoch_ms = || std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as u64;
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1) = (free_port(), free_port(), free_port());
+        let sleep = r#"content_by_lua_block { ngx.sleep(tonumber(ngx.var.arg_ms) / 1000) ngx.say("slept") }"#;
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    upstream slow {{ server 127.0.0.1:{b1}; }}
+    server {{
+        listen 127.0.0.1:{b1};
+        server_name b.test;
+        location / {{ {sleep} }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name m.test;
+        location /direct {{ {sleep} }}
+        location /proxy/ {{ proxy_pass http://slow/; }}
+        location /var {{ vhost_traffic_status_average_method WMA 0; return 200 "$vts_request_time\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /amm {{ vhost_traffic_status_average_method AMM 0; vhost_traffic_status_display; }}
+        location /wma {{ vhost_traffic_status_average_method WMA 0; vhost_traffic_status_display; }}
+        location /recent {{ vhost_traffic_status_average_period 1s; vhost_traffic_status_display; }}
+    }}"#
+        );
+        let started = epoch_ms();
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+        let zone = |location: &str| status_json(status_port, &format!("/{location}/format/json")).get("serverZones").get("m.test").clone();
+
+        // three short requests, then a long one: WMA weighs the long, newest one most
+        let slept = [20, 20, 20, 150];
+        for ms in slept {
+            assert_eq!(get_host(port, "m.test", &format!("/direct?ms={ms}")).status, 200);
+        }
+        let (times, msecs) = window(&zone("amm"), "request");
+        assert_eq!(msecs.len(), 4);
+        for (m, s) in msecs.iter().zip(slept) {
+            assert!(*m >= s && *m < s + 500, "a sample of a {s} ms sleep measured {m} ms: {msecs:?}");
+        }
+        assert!(times.windows(2).all(|t| t[0] <= t[1]) && times[0] + 1000 >= started && times[3] <= epoch_ms() + 1000, "{times:?}");
+        assert_eq!(zone("amm").get("requestMsec").u64(), amm(&msecs));
+        let weighted = zone("wma").get("requestMsec").u64();
+        assert_eq!(weighted, wma(&msecs));
+        assert!(weighted > amm(&msecs), "the newest sample is the longest");
+        let e = prometheus::parse(&http::get(status_port, "/wma/format/prometheus").body);
+        let gauge = e.value("nginx_vts_server_request_seconds", &[("host", "m.test")]).unwrap();
+        assert!((gauge - weighted as f64 / 1000.0).abs() < 0.0005, "gauge {gauge} vs {weighted} ms");
+        let var = get_host(port, "m.test", "/var");
+        assert_eq!(var.body.trim(), weighted.to_string(), "$vts_request_time is the same WMA");
+
+        // an upstream peer keeps a window of request and of upstream response times
+        for _ in 0..2 {
+            assert_eq!(get_host(port, "m.test", "/proxy/?ms=30").status, 200);
+        }
+        let j = status_json(status_port, "/amm/format/json");
+        let peer = &j.get("upstreamZones").get("slow").arr()[0];
+        let (_, requests) = window(peer, "request");
+        let (_, responses) = window(peer, "response");
+        assert_eq!((requests.len(), responses.len()), (2, 2));
+        assert!(responses.iter().all(|&m| m >= 30), "{responses:?}");
+        assert_eq!(peer.get("responseMsec").u64(), amm(&responses));
+        assert_eq!(peer.get("requestMsec").u64(), amm(&requests));
+
+        // a period counts only the samples younger than it
+        std::thread::sleep(std::time::Duration::from_millis(1300));
+        assert_eq!(zone("recent").get("requestMsec").u64(), 0, "no sample in the last second");
+        assert!(zone("amm").get("requestMsec").u64() > 0, "period 0: every sample held");
+        assert_eq!(get_host(port, "m.test", "/direct?ms=60").status, 200);
+        let recent = zone("recent").get("requestMsec").u64();
+        assert!(recent >= 60, "only the newest sample is in the period: {recent}");
+
+        // the window keeps the last 64 samples
+        for _ in 0..70 {
+            assert_eq!(get_host(port, "m.test", "/direct?ms=0").status, 200);
+        }
+        let z = zone("amm");
+        let (times, msecs) = window(&z, "request");
+        assert_eq!((times.len(), z.get("requestCounter").u64()), (64, 4 + 1 + 2 + 1 + 70));
+        assert_eq!(z.get("requestMsec").u64(), amm(&msecs));
+        nginx.quit();
     }
 }

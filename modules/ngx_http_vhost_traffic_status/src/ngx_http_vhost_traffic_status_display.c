@@ -44,6 +44,8 @@ typedef struct {
     ngx_http_vts_main_conf_t   *vmcf;
     ngx_http_vts_conns_t        conns;
     uint64_t                    now_msec;
+    ngx_uint_t                  average_method;
+    ngx_msec_t                  average_period;
     ngx_str_t                   hostname;
 } ngx_http_vts_page_t;
 
@@ -310,24 +312,13 @@ ngx_http_vts_out_seconds(ngx_http_vts_out_t *out, uint64_t msec)
 }
 
 
-/* average of msec sums, in seconds with microsecond resolution */
-
-static void
-ngx_http_vts_out_avg_seconds(ngx_http_vts_out_t *out, uint64_t msec,
-    uint64_t n)
-{
-    uint64_t  usec;
-
-    usec = n ? (msec * 1000) / n : 0;
-
-    ngx_http_vts_out_fmt(out, "%uL.%06uL", usec / 1000000, usec % 1000000);
-}
-
+/* the moving average of a window, by the displaying location's method */
 
 static uint64_t
-ngx_http_vts_avg_msec(uint64_t msec, uint64_t n)
+ngx_http_vts_page_average(ngx_http_vts_page_t *pg, ngx_http_vts_window_t *w)
 {
-    return n ? msec / n : 0;
+    return ngx_http_vts_window_average(w, pg->average_method,
+                                       pg->average_period, pg->now_msec);
 }
 
 
@@ -466,54 +457,68 @@ typedef struct {
     const char                 *help;
     const char                 *type;
     size_t                      sum;       /* offset in ngx_http_vts_counters_t */
-    ngx_uint_t                  average;
+    ngx_uint_t                  average;   /* of the window, not the sum */
+    size_t                      window;    /* offset in ngx_http_vts_counters_t */
 } ngx_http_vts_time_family_t;
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
     { "nginx_vts_upstream_request_seconds_total",
       "The request processing time including upstream in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
+      offsetof(ngx_http_vts_counters_t, request_window) },
     { "nginx_vts_upstream_request_seconds",
       "The average of request processing times including upstream in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
+      offsetof(ngx_http_vts_counters_t, request_window) },
     { "nginx_vts_upstream_response_seconds_total",
       "The only upstream response processing time in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, response_msec), 0 },
+      "counter", offsetof(ngx_http_vts_counters_t, response_msec), 0,
+      offsetof(ngx_http_vts_counters_t, response_window) },
     { "nginx_vts_upstream_response_seconds",
       "The average of only upstream response processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, response_msec), 1 },
+      "gauge", offsetof(ngx_http_vts_counters_t, response_msec), 1,
+      offsetof(ngx_http_vts_counters_t, response_window) },
 };
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_filter_times[] = {
     { "nginx_vts_filter_request_seconds_total",
       "The request processing time in seconds counter",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
+      offsetof(ngx_http_vts_counters_t, request_window) },
     { "nginx_vts_filter_request_seconds",
       "The average of request processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
+      offsetof(ngx_http_vts_counters_t, request_window) },
 };
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_server_times[] = {
     { "nginx_vts_server_request_seconds_total",
       "The request processing time in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
+      offsetof(ngx_http_vts_counters_t, request_window) },
     { "nginx_vts_server_request_seconds",
       "The average of request processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1 },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
+      offsetof(ngx_http_vts_counters_t, request_window) },
 };
 
 
 static void
-ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
+ngx_http_vts_prom_times(ngx_http_vts_page_t *pg,
     ngx_http_vts_time_family_t *families, ngx_uint_t n, ngx_uint_t upstream)
 {
     uint64_t                     msec;
     ngx_uint_t                   i, k;
+    ngx_http_vts_out_t          *out;
     ngx_http_vts_entry_t        *e;
+    ngx_http_vts_snapshot_t     *snap;
     ngx_http_vts_time_family_t  *tf;
+
+    out = pg->out;
+    snap = pg->snap;
 
     for (k = 0; k < n; k++) {
         tf = &families[k];
@@ -553,16 +558,17 @@ ngx_http_vts_prom_times(ngx_http_vts_out_t *out, ngx_http_vts_snapshot_t *snap,
                 ngx_http_vts_prom_server_label(out, tf->name, e);
             }
 
-            msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
-
-            ngx_http_vts_out_str(out, "} ");
-
             if (tf->average) {
-                ngx_http_vts_out_avg_seconds(out, msec, e->c.requests);
+                msec = ngx_http_vts_page_average(pg,
+                           (ngx_http_vts_window_t *) ((u_char *) &e->c
+                                                      + tf->window));
 
             } else {
-                ngx_http_vts_out_seconds(out, msec);
+                msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
             }
+
+            ngx_http_vts_out_str(out, "} ");
+            ngx_http_vts_out_seconds(out, msec);
 
             ngx_http_vts_out_str(out, "\n");
         }
@@ -747,7 +753,7 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
 
-    ngx_http_vts_prom_times(out, snap, ngx_http_vts_server_times,
+    ngx_http_vts_prom_times(pg, ngx_http_vts_server_times,
                             sizeof(ngx_http_vts_server_times)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
 
@@ -796,7 +802,7 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
             }
         }
 
-        ngx_http_vts_prom_times(out, snap, ngx_http_vts_filter_times,
+        ngx_http_vts_prom_times(pg, ngx_http_vts_filter_times,
                                 sizeof(ngx_http_vts_filter_times)
                                 / sizeof(ngx_http_vts_filter_times[0]), 2);
 
@@ -859,7 +865,7 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
 
-    ngx_http_vts_prom_times(out, snap, ngx_http_vts_upstream_times,
+    ngx_http_vts_prom_times(pg, ngx_http_vts_upstream_times,
                             sizeof(ngx_http_vts_upstream_times)
                             / sizeof(ngx_http_vts_upstream_times[0]), 1);
 
@@ -965,22 +971,60 @@ ngx_http_vts_json_buckets(ngx_http_vts_out_t *out, const char *name,
 
 
 /*
+ * ,"<what>MsecCounter":sum,"<what>Msec":average,
+ * "<what>Msecs":{"times":[...],"msecs":[...]}: the window, oldest first
+ */
+
+static void
+ngx_http_vts_json_times(ngx_http_vts_page_t *pg, const char *what,
+    uint64_t sum, ngx_http_vts_window_t *w)
+{
+    ngx_uint_t           i, n;
+    ngx_http_vts_out_t  *out;
+
+    out = pg->out;
+    n = ngx_min(w->count, NGX_HTTP_VTS_WINDOW_LEN);
+
+    ngx_http_vts_out_fmt(out, ",\"%sMsecCounter\":%uL,\"%sMsec\":%uL,"
+                         "\"%sMsecs\":{\"times\":[", what, sum, what,
+                         ngx_http_vts_page_average(pg, w), what);
+
+    for (i = 0; i < n; i++) {
+        ngx_http_vts_out_fmt(out, i ? ",%uL" : "%uL",
+                             ngx_http_vts_window_time(w,
+                                 ngx_http_vts_window_slot(w, i)));
+    }
+
+    ngx_http_vts_out_str(out, "],\"msecs\":[");
+
+    for (i = 0; i < n; i++) {
+        ngx_http_vts_out_fmt(out, i ? ",%M" : "%M",
+                             ngx_http_vts_window_msec(w,
+                                 ngx_http_vts_window_slot(w, i)));
+    }
+
+    ngx_http_vts_out_str(out, "]}");
+}
+
+
+/*
  * The object of a server or filter zone.  The counters are 64 bits wide
  * and are not expected to wrap, so every overCounts member is 0.
  */
 
 static void
-ngx_http_vts_json_zone(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
+ngx_http_vts_json_zone(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
 {
+    ngx_http_vts_out_t  *out;
+
+    out = pg->out;
+
     ngx_http_vts_out_fmt(out, "{\"requestCounter\":%uL,\"inBytes\":%uL,"
                          "\"outBytes\":%uL,",
                          e->c.requests, e->c.in_bytes, e->c.out_bytes);
     ngx_http_vts_json_responses(out, e);
-    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                         "\"requestMsec\":%uL",
-                         e->c.request_msec,
-                         ngx_http_vts_avg_msec(e->c.request_msec,
-                                               e->c.requests));
+    ngx_http_vts_json_times(pg, "request", e->c.request_msec,
+                            &e->c.request_window);
     ngx_http_vts_json_buckets(out, "requestBuckets", e,
                               e->c.request_buckets);
     ngx_http_vts_out_fmt(out, ",\"overCounts\":{\"maxIntegerSize\":%uL,"
@@ -1005,18 +1049,12 @@ ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
                          "\"outBytes\":%uL,",
                          e->c.requests, e->c.in_bytes, e->c.out_bytes);
     ngx_http_vts_json_responses(out, e);
-    ngx_http_vts_out_fmt(out, ",\"requestMsecCounter\":%uL,"
-                         "\"requestMsec\":%uL,"
-                         "\"responseMsecCounter\":%uL,"
-                         "\"responseMsec\":%uL",
-                         e->c.request_msec,
-                         ngx_http_vts_avg_msec(e->c.request_msec,
-                                               e->c.requests),
-                         e->c.response_msec,
-                         ngx_http_vts_avg_msec(e->c.response_msec,
-                                               e->c.requests));
+    ngx_http_vts_json_times(pg, "request", e->c.request_msec,
+                            &e->c.request_window);
     ngx_http_vts_json_buckets(out, "requestBuckets", e,
                               e->c.request_buckets);
+    ngx_http_vts_json_times(pg, "response", e->c.response_msec,
+                            &e->c.response_window);
     ngx_http_vts_json_buckets(out, "responseBuckets", e,
                               e->c.response_buckets);
 
@@ -1065,7 +1103,7 @@ ngx_http_vts_json_server_zones(ngx_http_vts_page_t *pg, ngx_str_t *name)
 
         ngx_http_vts_out_json_str(out, &e->name);
         ngx_http_vts_out_str(out, ":");
-        ngx_http_vts_json_zone(out, e);
+        ngx_http_vts_json_zone(pg, e);
     }
 }
 
@@ -1118,7 +1156,7 @@ ngx_http_vts_json_filter_zones(ngx_http_vts_page_t *pg, ngx_str_t *group,
 
             ngx_http_vts_out_json_str(out, &e->name);
             ngx_http_vts_out_str(out, ":");
-            ngx_http_vts_json_zone(out, e);
+            ngx_http_vts_json_zone(pg, e);
             return;
         }
 
@@ -1139,7 +1177,7 @@ ngx_http_vts_json_filter_zones(ngx_http_vts_page_t *pg, ngx_str_t *group,
 
         ngx_http_vts_out_json_str(out, &e->name);
         ngx_http_vts_out_str(out, ":");
-        ngx_http_vts_json_zone(out, e);
+        ngx_http_vts_json_zone(pg, e);
     }
 
     if (last != NULL) {
@@ -1547,6 +1585,8 @@ ngx_http_vts_display_handler(ngx_http_request_t *r)
     pg.snap = &snap;
     pg.vmcf = vmcf;
     pg.now_msec = (uint64_t) tp->sec * 1000 + tp->msec;
+    pg.average_method = vlcf->average_method;
+    pg.average_period = vlcf->average_period;
     pg.hostname.len = ngx_cycle->hostname.len;
     pg.hostname.data = ngx_cycle->hostname.data;
     ngx_http_vts_get_connections(&pg.conns);

@@ -524,11 +524,23 @@ ngx_http_vts_bucket(ngx_http_vts_counters_t *c, uint64_t *counts,
 }
 
 
+/* which moving windows a count adds its times to */
+#define NGX_HTTP_VTS_SAMPLE_REQUEST   1
+#define NGX_HTTP_VTS_SAMPLE_RESPONSE  2
+
 static void
 ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_http_vts_buckets_t *b,
     ngx_uint_t status, ngx_msec_t request_msec, ngx_msec_t response_msec,
-    off_t in, off_t out)
+    off_t in, off_t out, ngx_uint_t samples, uint64_t now)
 {
+    if (samples & NGX_HTTP_VTS_SAMPLE_REQUEST) {
+        ngx_http_vts_window_add(&c->request_window, now, request_msec);
+    }
+
+    if (samples & NGX_HTTP_VTS_SAMPLE_RESPONSE) {
+        ngx_http_vts_window_add(&c->response_window, now, response_msec);
+    }
+
     c->requests++;
     c->last_msec = ngx_current_msec;
 
@@ -662,6 +674,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     u_char                        *key;
     ngx_str_t                      host, group;
     ngx_uint_t                     i, first, status, st, kind, full;
+    uint64_t                       now;
     ngx_msec_t                     req_ms, resp_ms;
     ngx_time_t                    *tp;
     ngx_msec_int_t                 ms;
@@ -771,6 +784,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     }
 
     full = 0;
+    now = ngx_http_vts_now_msec();
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
@@ -778,7 +792,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                       host.data, host.len, 0);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out);
+                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
 
     } else {
         full = 1;
@@ -789,7 +803,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                       sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out);
+                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
 
     } else {
         full = 1;
@@ -810,7 +824,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                           fk[i].len, fk[i].glen);
         if (vn != NULL) {
             ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out);
+                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
 
         } else {
             full = 1;
@@ -870,13 +884,15 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                 }
 
                 ngx_http_vts_count(&vn->counters, vlcf->buckets, st, req_ms,
-                                   resp_ms,
-                                   in, out);
+                                   resp_ms, in, out,
+                                   NGX_HTTP_VTS_SAMPLE_REQUEST
+                                   |NGX_HTTP_VTS_SAMPLE_RESPONSE, now);
 
             } else {
                 /* an earlier, failed attempt */
                 ngx_http_vts_count(&vn->counters, vlcf->buckets, st, 0,
-                                   resp_ms, 0, 0);
+                                   resp_ms, 0, 0,
+                                   NGX_HTTP_VTS_SAMPLE_RESPONSE, now);
             }
         }
     }
@@ -1463,16 +1479,17 @@ ngx_http_vts_filters_add(ngx_array_t *to, ngx_array_t *from,
 
 /*
  * vhost_traffic_status_average_method AMM|WMA [period] and
- * vhost_traffic_status_average_period period are checked and accepted so
- * that configurations written for nginx-module-vts start; the averages
- * stay means over all requests (a notice says so once).
+ * vhost_traffic_status_average_period period: how requestMsec and
+ * responseMsec average the moving window, and over how much of it.
  */
 
 static char *
 ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
-    ngx_str_t         *value, *period;
-    static ngx_uint_t  noticed;
+    ngx_http_vts_loc_conf_t *vlcf = conf;
+
+    ngx_str_t   *value, *period;
+    ngx_msec_t   msec;
 
     value = cf->args->elts;
     period = &value[1];
@@ -1480,12 +1497,22 @@ ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     if (ngx_strcmp(cmd->name.data, "vhost_traffic_status_average_method")
         == 0)
     {
+        if (vlcf->average_method != NGX_CONF_UNSET_UINT) {
+            return "is duplicate";
+        }
 
-        if (!(value[1].len == 3
-              && (ngx_strncasecmp(value[1].data, (u_char *) "AMM", 3) == 0
-                  || ngx_strncasecmp(value[1].data, (u_char *) "WMA", 3)
-                     == 0)))
+        if (value[1].len == 3
+            && ngx_strncasecmp(value[1].data, (u_char *) "AMM", 3) == 0)
         {
+            vlcf->average_method = NGX_HTTP_VTS_AVERAGE_AMM;
+
+        } else if (value[1].len == 3
+                   && ngx_strncasecmp(value[1].data, (u_char *) "WMA", 3)
+                      == 0)
+        {
+            vlcf->average_method = NGX_HTTP_VTS_AVERAGE_WMA;
+
+        } else {
             ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                "invalid method \"%V\" in \"%V\"; give AMM "
                                "or WMA", &value[1], &cmd->name);
@@ -1495,20 +1522,20 @@ ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         period = (cf->args->nelts == 3) ? &value[2] : NULL;
     }
 
-    if (period != NULL && ngx_parse_time(period, 1) == (time_t) NGX_ERROR) {
+    if (period == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    msec = ngx_parse_time(period, 0);
+
+    if (msec == (ngx_msec_t) NGX_ERROR) {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid period \"%V\" in \"%V\"; give a time "
                            "such as 60s", period, &cmd->name);
         return NGX_CONF_ERROR;
     }
 
-    if (!noticed) {
-        noticed = 1;
-        ngx_conf_log_error(NGX_LOG_NOTICE, cf, 0,
-                           "\"%V\" is accepted, but averages are means "
-                           "over all requests since the zone was created",
-                           &cmd->name);
-    }
+    vlcf->average_period = msec;
 
     return NGX_CONF_OK;
 }
@@ -1621,6 +1648,8 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     vlcf->buckets = NGX_CONF_UNSET_PTR;
     vlcf->sets = NGX_CONF_UNSET_PTR;
     vlcf->stats_by_upstream = NGX_CONF_UNSET;
+    vlcf->average_method = NGX_CONF_UNSET_UINT;
+    vlcf->average_period = NGX_CONF_UNSET_MSEC;
 
     return vlcf;
 }
@@ -1654,6 +1683,10 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                              NGX_HTTP_VTS_SUM_KEY);
     ngx_conf_merge_str_value(conf->jsonp, prev->jsonp,
                              NGX_HTTP_VTS_DEFAULT_JSONP);
+    ngx_conf_merge_uint_value(conf->average_method, prev->average_method,
+                              NGX_HTTP_VTS_AVERAGE_AMM);
+    ngx_conf_merge_msec_value(conf->average_period, prev->average_period,
+                              60000);
 
     if (conf->limits == NGX_CONF_UNSET_PTR) {
         /* inherited: already made unique at its own level */

@@ -58,6 +58,28 @@ typedef struct {
 } ngx_http_vts_buckets_t;
 
 
+/* the last request times of a zone entry, for the moving averages */
+#define NGX_HTTP_VTS_WINDOW_LEN          64
+
+#define NGX_HTTP_VTS_AVERAGE_AMM         0
+#define NGX_HTTP_VTS_AVERAGE_WMA         1
+
+/*
+ * A sample takes 8 bytes, so that a zone entry with both windows stays
+ * within a 2 KB slab chunk: the epoch second, and in "packed" the time
+ * taken in ms (saturated at NGX_HTTP_VTS_WINDOW_MAX_MSEC) above the 10
+ * bits that hold the millisecond within that second.
+ */
+#define NGX_HTTP_VTS_WINDOW_MAX_MSEC     0x3fffff
+
+typedef struct {
+    uint32_t                    sec[NGX_HTTP_VTS_WINDOW_LEN];
+    uint32_t                    packed[NGX_HTTP_VTS_WINDOW_LEN];
+    uint32_t                    next;      /* the slot the next sample takes */
+    uint32_t                    count;     /* samples held, up to the length */
+} ngx_http_vts_window_t;
+
+
 /* counters of one zone entry; all updated under the slab pool mutex */
 typedef struct {
     uint64_t                    requests;
@@ -72,6 +94,8 @@ typedef struct {
     uint32_t                    bucket_msec[NGX_HTTP_VTS_MAX_BUCKETS];
     uint64_t                    request_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
     uint64_t                    response_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
+    ngx_http_vts_window_t       request_window;
+    ngx_http_vts_window_t       response_window;   /* upstream only */
 } ngx_http_vts_counters_t;
 
 
@@ -152,6 +176,8 @@ typedef struct {
     ngx_flag_t                  stats_by_upstream;
     ngx_str_t                   sum_key;
     ngx_str_t                   jsonp;
+    ngx_uint_t                  average_method;    /* AMM or WMA */
+    ngx_msec_t                  average_period;    /* 0: every sample held */
 } ngx_http_vts_loc_conf_t;
 
 
@@ -202,6 +228,14 @@ void ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
     ngx_http_vts_node_t *vn);
 ngx_int_t ngx_http_vts_control(ngx_http_request_t *r, ngx_str_t *cmd,
     ngx_str_t *group, ngx_str_t *zone, ngx_uint_t *count);
+uint64_t ngx_http_vts_now_msec(void);
+void ngx_http_vts_window_add(ngx_http_vts_window_t *w, uint64_t now,
+    ngx_msec_t msec);
+ngx_uint_t ngx_http_vts_window_slot(ngx_http_vts_window_t *w, ngx_uint_t i);
+uint64_t ngx_http_vts_window_time(ngx_http_vts_window_t *w, ngx_uint_t k);
+ngx_msec_t ngx_http_vts_window_msec(ngx_http_vts_window_t *w, ngx_uint_t k);
+uint64_t ngx_http_vts_window_average(ngx_http_vts_window_t *w,
+    ngx_uint_t method, ngx_msec_t period, uint64_t now);
 
 
 extern ngx_module_t  ngx_http_vhost_traffic_status_module;

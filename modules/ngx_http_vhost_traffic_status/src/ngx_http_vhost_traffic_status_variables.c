@@ -84,6 +84,21 @@ static ngx_http_variable_t  ngx_http_vts_vars[] = {
 };
 
 
+/* a window's moving average by the method of the request's location */
+
+static uint64_t
+ngx_http_vts_request_average(ngx_http_request_t *r, ngx_http_vts_window_t *w)
+{
+    ngx_http_vts_loc_conf_t  *vlcf;
+
+    vlcf = ngx_http_get_module_loc_conf(r, ngx_http_vhost_traffic_status_module);
+
+    return ngx_http_vts_window_average(w, vlcf->average_method,
+                                       vlcf->average_period,
+                                       ngx_http_vts_now_msec());
+}
+
+
 static ngx_int_t
 ngx_http_vts_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     uintptr_t data)
@@ -137,7 +152,7 @@ ngx_http_vts_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         break;
 
     case NGX_HTTP_VTS_VAR_TIME:
-        n = c.requests ? c.request_msec / c.requests : 0;
+        n = ngx_http_vts_request_average(r, &c.request_window);
         break;
 
     case NGX_HTTP_VTS_VAR_CACHE:
@@ -340,13 +355,13 @@ ngx_http_vts_set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         n = e.c.request_msec;
 
     } else if (ngx_http_vts_is(&name, "requestMsec")) {
-        n = e.c.requests ? e.c.request_msec / e.c.requests : 0;
+        n = ngx_http_vts_request_average(r, &e.c.request_window);
 
     } else if (ngx_http_vts_is(&name, "responseMsecCounter")) {
         n = e.c.response_msec;
 
     } else if (ngx_http_vts_is(&name, "responseMsec")) {
-        n = e.c.requests ? e.c.response_msec / e.c.requests : 0;
+        n = ngx_http_vts_request_average(r, &e.c.response_window);
 
     } else if (name.len == 3 && name.data[0] >= '1' && name.data[0] <= '5'
                && name.data[1] == 'x' && name.data[2] == 'x')
