@@ -166,7 +166,7 @@ fn json_counts(zone: &Json) -> Counts {
     }
 }
 
-const PROM_FAMILIES: [(&str, &str); 14] = [
+const PROM_FAMILIES: [(&str, &str); 15] = [
     ("nginx_vts_info", "gauge"),
     ("nginx_vts_start_time_seconds", "gauge"),
     ("nginx_vts_main_connections", "gauge"),
@@ -175,6 +175,7 @@ const PROM_FAMILIES: [(&str, &str); 14] = [
     ("nginx_vts_server_requests_total", "counter"),
     ("nginx_vts_server_request_seconds_total", "counter"),
     ("nginx_vts_server_request_seconds", "gauge"),
+    ("nginx_vts_server_cache_total", "counter"),
     ("nginx_vts_upstream_bytes_total", "counter"),
     ("nginx_vts_upstream_requests_total", "counter"),
     ("nginx_vts_upstream_request_seconds_total", "counter"),
@@ -1375,23 +1376,40 @@ fn dashboard_header_matches_its_source() {
 
 /// The HTML format is a live dashboard: in a real browser (headless chromium) its script
 /// loads the JSON of the same location and the rendered page shows the numbers of the
-/// requests sent, upstream peers with their state, and the chart. One screenshot is kept.
+/// requests sent, upstream peers with their state (a health checker's verdict included),
+/// cache zones, and the chart. One screenshot is kept.
 #[test]
 fn dashboard_renders_live_numbers_in_chromium() {
     for strategy in Strategy::ALL {
         let (_dir, root) = bundle(strategy);
         let (port, status_port, b1, b2) = (free_port(), free_port(), free_port(), free_port());
+        // nothing listens on `dead`: the health checker marks it down at run time
+        let dead = free_port();
+        let cache_dir = temp_dir("vts-dashboard-cache");
+        std::fs::set_permissions(cache_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
         let body = format!(
             r#"
     vhost_traffic_status_zone;
     vhost_traffic_status_filter_by_set_key $arg_team teams::*;
+    lua_shared_dict healthcheck 1m;
+    proxy_cache_path {cache} keys_zone=pages:1m use_temp_path=off;
     upstream app {{ server 127.0.0.1:{b1}; server 127.0.0.1:{b2} down; }}
+    upstream checked {{ server 127.0.0.1:{b1}; server 127.0.0.1:{dead}; }}
+    init_worker_by_lua_block {{
+        local ok, err = require("resty.upstream.healthcheck").spawn_checker({{
+            shm = "healthcheck", upstream = "checked", type = "http",
+            http_req = "GET / HTTP/1.0\r\nHost: checked\r\n\r\n", interval = 100, timeout = 300, fall = 1, rise = 1,
+        }})
+        if not ok then ngx.log(ngx.ERR, "failed to spawn health checker: ", err) end
+    }}
     {backend}
     server {{
         listen 127.0.0.1:{port};
         server_name shop.test;
         location / {{ return 200 "shop\n"; }}
         location /app/ {{ proxy_pass http://app/; }}
+        location /checked/ {{ proxy_pass http://checked/; }}
+        location /cached/ {{ proxy_cache pages; proxy_cache_valid 200 1m; proxy_pass http://127.0.0.1:{b1}/; }}
         location = /missing {{ return 404; }}
     }}
     server {{
@@ -1399,12 +1417,25 @@ fn dashboard_renders_live_numbers_in_chromium() {
         vhost_traffic_status off;
         location /status {{ vhost_traffic_status_display; vhost_traffic_status_display_format html; }}
     }}"#,
-            backend = backend(b1)
+            backend = backend(b1),
+            cache = cache_dir.path().display()
         );
         let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
         let plan: Vec<(&str, &str)> =
             [[("shop.test", "/?team=red")].repeat(4), [("shop.test", "/app/x")].repeat(3), [("shop.test", "/missing")].repeat(2)].concat();
         run_plan(port, &plan, 3);
+        for _ in 0..2 {
+            assert_eq!(get_host(port, "shop.test", "/cached/page").status, 200);
+        }
+        // the checker's verdict reaches the JSON of every worker (bounded wait)
+        let dead_peer = format!("127.0.0.1:{dead}");
+        let marked_down =
+            |j: &Json| j.get("upstreamZones").get("checked").arr().iter().any(|p| p.get("server").str() == dead_peer && p.get("down") == &Json::Bool(true));
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(15);
+        while !(0..4).all(|_| marked_down(&status_json(status_port, "/status/format/json"))) {
+            assert!(std::time::Instant::now() < deadline, "the health checker did not mark {dead_peer} down:\n{}", nginx.error_log());
+            std::thread::sleep(std::time::Duration::from_millis(100));
+        }
 
         let page = http::get(status_port, "/status");
         assert_eq!(page.header("Content-Type"), Some("text/html"));
@@ -1420,15 +1451,20 @@ fn dashboard_renders_live_numbers_in_chromium() {
             rest[start..end].to_string()
         };
         assert!(dom.contains("data-loaded=\"1\""), "the script ran and loaded the JSON:\n{dom}");
-        assert_eq!(cell("shop.test", "requestCounter"), "9");
-        assert_eq!(cell("shop.test", "2xx"), "7");
+        assert_eq!(cell("shop.test", "requestCounter"), "11");
+        assert_eq!(cell("shop.test", "2xx"), "9");
         assert_eq!(cell("shop.test", "4xx"), "2");
-        assert_eq!(cell("*", "requestCounter"), "9");
+        assert_eq!(cell("*", "requestCounter"), "11");
         assert_eq!(cell("teams::* / red", "requestCounter"), "4");
         assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "requestCounter"), "3");
         assert_eq!(cell(&format!("app@127.0.0.1:{b1}"), "state"), "up");
         assert_eq!(cell(&format!("app@127.0.0.1:{b2}"), "state"), "down", "a down peer is shown");
         assert_eq!(cell(&format!("app@127.0.0.1:{b2}"), "requestCounter"), "0");
+        assert_eq!(cell(&format!("checked@{dead_peer}"), "state"), "down", "the health checker's verdict is shown");
+        assert_eq!(cell(&format!("checked@127.0.0.1:{b1}"), "state"), "up");
+        assert_eq!(cell("pages", "hit"), "1");
+        assert_eq!(cell("pages", "miss"), "1");
+        assert_eq!(cell("pages", "ratio"), "50.0 %");
         // after the second poll the rate is a number (no requests meanwhile: 0.0)
         assert_eq!(cell("shop.test", "rate"), "0.0");
         assert!(dom.contains("<canvas id=\"chart\""));
@@ -1607,6 +1643,99 @@ fn moving_averages_follow_the_window_the_method_and_the_period() {
         let (times, msecs) = window(&z, "request");
         assert_eq!((times.len(), z.get("requestCounter").u64()), (64, 4 + 1 + 2 + 1 + 70));
         assert_eq!(z.get("requestMsec").u64(), amm(&msecs));
+        nginx.quit();
+    }
+}
+
+/// A `proxy_cache` zone as vts shows it: the cache statuses of each request counted in its
+/// server zone (`responses.miss` .. `scarce`, `nginx_vts_server_cache_total`) and in
+/// `cacheZones` (sizes, bytes, statuses; `nginx_vts_cache_*`), read by `$vts_cache_*_counter`
+/// and `set_by_filter cache/...`, limited by `CC@zone cache_hit:N`, and selected, reset by the
+/// control API's `cache` group.
+#[test]
+fn cache_zones_count_cache_statuses() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        // The workers run as nobody: the cache directory must be theirs to write.
+        let cache_dir = temp_dir("vts-cache");
+        std::fs::set_permissions(cache_dir.path(), std::os::unix::fs::PermissionsExt::from_mode(0o777)).unwrap();
+        let (port, status_port, b1) = (free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    proxy_cache_path {cache} keys_zone=pages:1m max_size=10m use_temp_path=off;
+    server {{
+        listen 127.0.0.1:{b1};
+        vhost_traffic_status off;
+        location / {{ return 200 "cached body\n"; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name c.test;
+        vhost_traffic_status_set_by_filter $hits cache/pages/cacheHit;
+        vhost_traffic_status_set_by_filter $max cache/pages/cacheMaxSize;
+        location /page {{ proxy_cache pages; proxy_cache_valid 200 1m; proxy_pass http://127.0.0.1:{b1}; }}
+        location /fresh {{ proxy_cache pages; proxy_cache_bypass 1; proxy_pass http://127.0.0.1:{b1}; }}
+        location /vars {{ return 200 "$vts_cache_miss_counter $vts_cache_hit_counter $vts_cache_bypass_counter $hits $max\n"; }}
+        location /limited {{ vhost_traffic_status_limit_traffic_by_set_key CC@pages cache_hit:3 429; proxy_pass http://127.0.0.1:{b1}; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#,
+            cache = cache_dir.path().display()
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1]);
+        for path in ["/page", "/page", "/page", "/fresh"] {
+            let r = get_host(port, "c.test", path);
+            assert_eq!((r.status, r.body.as_str()), (200, "cached body\n"), "{path}");
+        }
+        let expected = [("miss", 1), ("bypass", 1), ("expired", 0), ("stale", 0), ("updating", 0), ("revalidated", 0), ("hit", 2), ("scarce", 0)];
+
+        let j = status_json(status_port, "/status/format/json");
+        let server = j.get("serverZones").get("c.test").get("responses");
+        let cache = j.get("cacheZones").get("pages");
+        assert_eq!(j.keys().last(), Some(&"cacheZones"), "cacheZones comes last");
+        for (status, n) in expected {
+            assert_eq!(server.get(status).u64(), n, "serverZones c.test {status}");
+            assert_eq!(cache.get("responses").get(status).u64(), n, "cacheZones pages {status}");
+        }
+        assert_eq!(cache.get("maxSize").u64(), 10 * 1024 * 1024);
+        assert!(cache.get("usedSize").u64() > 0, "the cached page takes space");
+        assert!(cache.get("inBytes").u64() > 0 && cache.get("outBytes").u64() > 0);
+        assert_eq!(cache.get("overCounts").get("hit").u64(), 0);
+
+        let text = http::get(status_port, "/status/format/prometheus").body;
+        promtool_check(&text);
+        let e = prometheus::parse(&text);
+        for (status, n) in expected {
+            assert_eq!(e.int("nginx_vts_server_cache_total", &[("host", "c.test"), ("status", status)]), n);
+            assert_eq!(e.int("nginx_vts_cache_requests_total", &[("cache_zone", "pages"), ("status", status)]), n);
+        }
+        assert_eq!(e.int("nginx_vts_cache_usage_bytes", &[("cache_zone", "pages"), ("cache_size", "max")]), 10 * 1024 * 1024);
+        assert!(e.int("nginx_vts_cache_bytes_total", &[("cache_zone", "pages"), ("direction", "out")]) > 0);
+
+        let vars = get_host(port, "c.test", "/vars");
+        assert_eq!(vars.body, format!("1 2 1 2 {}\n", 10 * 1024 * 1024));
+
+        // the limit counts the cache zone's hits: open at 3, refused above
+        assert_eq!(get_host(port, "c.test", "/page").status, 200);
+        assert_eq!(get_host(port, "c.test", "/limited").status, 200, "3 hits: not above the limit");
+        assert_eq!(get_host(port, "c.test", "/page").status, 200);
+        assert_eq!(get_host(port, "c.test", "/limited").status, 429, "4 hits: above the limit");
+
+        // control API: the cache group
+        let one = status_json(status_port, "/status/control?cmd=status&group=cache&zone=pages");
+        assert_eq!(one.get("pages").get("responses").get("hit").u64(), 4);
+        let all = status_json(status_port, "/status/control?cmd=status&group=cache&zone=*");
+        assert_eq!(all.get("cacheZones").keys(), vec!["pages"]);
+        let reset = status_json(status_port, "/status/control?cmd=reset&group=cache&zone=*");
+        assert_eq!(reset.get("processingCounts").u64(), 1);
+        let after = status_json(status_port, "/status/format/json");
+        assert_eq!(after.get("cacheZones").get("pages").get("responses").get("hit").u64(), 0);
+        assert_eq!(after.get("serverZones").get("c.test").get("responses").get("hit").u64(), 4, "only the cache zone was reset");
+        assert_eq!(get_host(port, "c.test", "/limited").status, 200, "the reset reopens the limit");
         nginx.quit();
     }
 }

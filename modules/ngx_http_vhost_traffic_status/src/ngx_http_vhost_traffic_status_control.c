@@ -5,7 +5,7 @@
  *
  * Groups and zone names: server (name, "*"), filter (group@key, "*"),
  * upstream@group (upstream@peer, "*"), upstream@alone ([@]peer, "*"),
- * cache (no cache zones are kept: nothing matches) and "*" (everything).
+ * cache (proxy_cache zones by name) and "*" (everything).
  * The sum zone always exists: it is reset instead of deleted, and a
  * single server zone's counters are taken out of it, so it stays the sum.
  */
@@ -35,6 +35,10 @@ ngx_http_vts_counters_sub(ngx_http_vts_counters_t *sum,
 
     for (i = 0; i < 5; i++) {
         ngx_http_vts_sub(responses[i]);
+    }
+
+    for (i = 0; i < NGX_HTTP_VTS_CACHE_STATUSES; i++) {
+        ngx_http_vts_sub(cache[i]);
     }
 
 #undef ngx_http_vts_sub
@@ -80,7 +84,7 @@ ngx_http_vts_control_target(ngx_str_t *group, ngx_str_t *zone,
     }
 
     if (group->len == 5 && ngx_strncmp(group->data, "cache", 5) == 0) {
-        *kind = NGX_HTTP_VTS_KIND_CACHE_NONE;
+        *kind = NGX_HTTP_VTS_KIND_CACHE;
         return NGX_OK;
     }
 
@@ -187,10 +191,6 @@ ngx_http_vts_control(ngx_http_request_t *r, ngx_str_t *cmd, ngx_str_t *group,
         != NGX_OK)
     {
         return NGX_DECLINED;
-    }
-
-    if (kind == NGX_HTTP_VTS_KIND_CACHE_NONE) {
-        return NGX_OK;
     }
 
     vmcf = ngx_http_get_module_main_conf(r,

@@ -60,6 +60,10 @@ static void ngx_http_vts_out_json_str(ngx_http_vts_out_t *out, ngx_str_t *s);
 
 static ngx_uint_t ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap,
     ngx_uint_t kind);
+static void ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg);
+static void ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg);
+static void ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
+    ngx_http_vts_snapshot_t *snap, const char *name, ngx_uint_t which);
 static void ngx_http_vts_prometheus(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_json(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_html(ngx_http_vts_page_t *pg);
@@ -339,11 +343,12 @@ ngx_http_vts_get_connections(ngx_http_vts_conns_t *c)
 }
 
 
-ngx_http_upstream_server_t *
-ngx_http_vts_find_server_conf(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
+/* the upstream {} block named by an upstream entry's group */
+
+static ngx_http_upstream_srv_conf_t *
+ngx_http_vts_find_upstream(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
 {
-    ngx_uint_t                       i, j, k;
-    ngx_http_upstream_server_t      *us;
+    ngx_uint_t                       i;
     ngx_http_upstream_srv_conf_t   **uscfp, *uscf;
     ngx_http_upstream_main_conf_t   *umcf;
 
@@ -361,29 +366,95 @@ ngx_http_vts_find_server_conf(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
     for (i = 0; i < umcf->upstreams.nelts; i++) {
         uscf = uscfp[i];
 
-        if (!(uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
-            || uscf->servers == NULL
-            || uscf->host.len != e->group.len
-            || ngx_strncmp(uscf->host.data, e->group.data, e->group.len) != 0)
+        if ((uscf->flags & NGX_HTTP_UPSTREAM_CREATE)
+            && uscf->servers != NULL
+            && uscf->host.len == e->group.len
+            && ngx_strncmp(uscf->host.data, e->group.data, e->group.len) == 0)
         {
-            continue;
+            return uscf;
         }
+    }
 
-        us = uscf->servers->elts;
+    return NULL;
+}
 
-        for (j = 0; j < uscf->servers->nelts; j++) {
-            for (k = 0; k < us[j].naddrs; k++) {
-                if (us[j].addrs[k].name.len == e->name.len
-                    && ngx_strncmp(us[j].addrs[k].name.data, e->name.data,
-                                   e->name.len) == 0)
-                {
-                    return &us[j];
-                }
+
+ngx_http_upstream_server_t *
+ngx_http_vts_find_server_conf(ngx_http_request_t *r, ngx_http_vts_entry_t *e)
+{
+    ngx_uint_t                      j, k;
+    ngx_http_upstream_server_t     *us;
+    ngx_http_upstream_srv_conf_t   *uscf;
+
+    uscf = ngx_http_vts_find_upstream(r, e);
+    if (uscf == NULL) {
+        return NULL;
+    }
+
+    us = uscf->servers->elts;
+
+    for (j = 0; j < uscf->servers->nelts; j++) {
+        for (k = 0; k < us[j].naddrs; k++) {
+            if (us[j].addrs[k].name.len == e->name.len
+                && ngx_strncmp(us[j].addrs[k].name.data, e->name.data,
+                               e->name.len) == 0)
+            {
+                return &us[j];
             }
         }
     }
 
     return NULL;
+}
+
+
+/*
+ * Whether an upstream peer is down: marked so in the configuration, or at
+ * run time in this worker's round-robin peers (as a health checker marks it
+ * through ngx.upstream's set_peer_down).
+ */
+
+ngx_uint_t
+ngx_http_vts_peer_is_down(ngx_http_request_t *r, ngx_http_vts_entry_t *e,
+    ngx_http_upstream_server_t *us)
+{
+    ngx_uint_t                      down;
+    ngx_http_upstream_rr_peer_t    *peer;
+    ngx_http_upstream_rr_peers_t   *peers, *list;
+    ngx_http_upstream_srv_conf_t   *uscf;
+
+    if (us != NULL && us->down) {
+        return 1;
+    }
+
+    uscf = ngx_http_vts_find_upstream(r, e);
+    if (uscf == NULL || uscf->peer.data == NULL) {
+        return 0;
+    }
+
+    /* every balancer of stock nginx keeps round-robin peers here */
+    peers = uscf->peer.data;
+    down = 0;
+
+    ngx_http_upstream_rr_peers_rlock(peers);
+
+    for (list = peers; list != NULL; list = list->next) {
+        for (peer = list->peer; peer != NULL; peer = peer->next) {
+            if (peer->name.len == e->name.len
+                && ngx_strncmp(peer->name.data, e->name.data, e->name.len)
+                   == 0)
+            {
+                down = peer->down;
+                goto done;
+            }
+        }
+    }
+
+done:
+
+    ngx_http_upstream_rr_peers_unlock(peers);
+
+    return down;
 }
 
 
@@ -757,6 +828,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                             sizeof(ngx_http_vts_server_times)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
 
+    ngx_http_vts_prom_cache_statuses(out, snap, "nginx_vts_server_cache_total",
+                                     0);
+
     ngx_http_vts_prom_histogram(out, snap,
                                 "nginx_vts_server_request_duration_seconds",
                                 "The histogram of request processing time",
@@ -806,6 +880,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                                 sizeof(ngx_http_vts_filter_times)
                                 / sizeof(ngx_http_vts_filter_times[0]), 2);
 
+        ngx_http_vts_prom_cache_statuses(out, snap,
+                                         "nginx_vts_filter_cache_total", 2);
+
         ngx_http_vts_prom_histogram(out, snap,
                                 "nginx_vts_filter_request_duration_seconds",
                                 "The histogram of request processing time",
@@ -822,9 +899,28 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         }
     }
 
-    if (nup == 0) {
-        return;
+    if (nup) {
+        ngx_http_vts_prom_upstreams(pg);
     }
+
+    if (ngx_http_vts_count_kind(snap, NGX_HTTP_VTS_KIND_CACHE)) {
+        ngx_http_vts_prom_caches(pg);
+    }
+}
+
+
+/* the upstream families, when there are upstream peers */
+
+static void
+ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg)
+{
+    ngx_uint_t                i, k;
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_entry_t     *e;
+    ngx_http_vts_snapshot_t  *snap;
+
+    out = pg->out;
+    snap = pg->snap;
 
     ngx_http_vts_prom_family(out, "nginx_vts_upstream_bytes_total",
                              "The request/response bytes", "counter");
@@ -880,17 +976,158 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
 }
 
 
-/* JSON */
+/* "<name>{<labels>,status="miss"} n" ... for the server (0) or filter zones */
 
 static void
-ngx_http_vts_json_responses(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e)
+ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
+    ngx_http_vts_snapshot_t *snap, const char *name, ngx_uint_t which)
+{
+    ngx_uint_t             i, k;
+    ngx_http_vts_entry_t  *e;
+
+    static const char     *statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
+        "miss", "bypass", "expired", "stale", "updating", "revalidated",
+        "hit", "scarce"
+    };
+
+    ngx_http_vts_out_fmt(out, "# HELP %s The requests cache counter\n"
+                         "# TYPE %s counter\n", name, name);
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+
+        if (which == 0 ? !ngx_http_vts_is_server(e)
+                       : e->kind != NGX_HTTP_VTS_KIND_FILTER)
+        {
+            continue;
+        }
+
+        for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
+            if (which == 0) {
+                ngx_http_vts_prom_server_label(out, name, e);
+
+            } else {
+                ngx_http_vts_prom_filter_label(out, name, e);
+            }
+
+            ngx_http_vts_out_fmt(out, ",status=\"%s\"} %uL\n", statuses[k],
+                                 e->c.cache[k]);
+        }
+    }
+}
+
+
+/* the cache zone families, when a proxy_cache zone has been used */
+
+static void
+ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
+{
+    ngx_uint_t                i, k;
+    ngx_http_vts_out_t       *out;
+    ngx_http_vts_entry_t     *e;
+    ngx_http_vts_snapshot_t  *snap;
+
+    static const char        *statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
+        "miss", "bypass", "expired", "stale", "updating", "revalidated",
+        "hit", "scarce"
+    };
+
+    out = pg->out;
+    snap = pg->snap;
+
+    ngx_http_vts_prom_family(out, "nginx_vts_cache_usage_bytes",
+                             "THe cache zones info", "gauge");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (e->kind != NGX_HTTP_VTS_KIND_CACHE) {
+            continue;
+        }
+
+        ngx_http_vts_out_str(out, "nginx_vts_cache_usage_bytes{cache_zone=\"");
+        ngx_http_vts_out_prom_esc(out, &e->name);
+        ngx_http_vts_out_fmt(out, "\",cache_size=\"max\"} %uL\n",
+                             e->c.cache_max_size);
+        ngx_http_vts_out_str(out, "nginx_vts_cache_usage_bytes{cache_zone=\"");
+        ngx_http_vts_out_prom_esc(out, &e->name);
+        ngx_http_vts_out_fmt(out, "\",cache_size=\"used\"} %uL\n",
+                             e->c.cache_used_size);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_cache_bytes_total",
+                             "The cache zones request/response bytes",
+                             "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (e->kind != NGX_HTTP_VTS_KIND_CACHE) {
+            continue;
+        }
+
+        ngx_http_vts_out_str(out, "nginx_vts_cache_bytes_total{cache_zone=\"");
+        ngx_http_vts_out_prom_esc(out, &e->name);
+        ngx_http_vts_out_fmt(out, "\",direction=\"in\"} %uL\n", e->c.in_bytes);
+        ngx_http_vts_out_str(out, "nginx_vts_cache_bytes_total{cache_zone=\"");
+        ngx_http_vts_out_prom_esc(out, &e->name);
+        ngx_http_vts_out_fmt(out, "\",direction=\"out\"} %uL\n",
+                             e->c.out_bytes);
+    }
+
+    ngx_http_vts_prom_family(out, "nginx_vts_cache_requests_total",
+                             "The cache requests counter", "counter");
+
+    for (i = 0; i < snap->nentries; i++) {
+        e = &snap->entries[i];
+        if (e->kind != NGX_HTTP_VTS_KIND_CACHE) {
+            continue;
+        }
+
+        for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
+            ngx_http_vts_out_str(out,
+                                 "nginx_vts_cache_requests_total{cache_zone=\"");
+            ngx_http_vts_out_prom_esc(out, &e->name);
+            ngx_http_vts_out_fmt(out, "\",status=\"%s\"} %uL\n", statuses[k],
+                                 e->c.cache[k]);
+        }
+    }
+}
+
+
+/* JSON */
+
+/* the cache status counters, as JSON members after a comma */
+
+static void
+ngx_http_vts_json_cache_counts(ngx_http_vts_out_t *out, uint64_t *cache)
+{
+    ngx_http_vts_out_fmt(out,
+                         "\"miss\":%uL,\"bypass\":%uL,\"expired\":%uL,"
+                         "\"stale\":%uL,\"updating\":%uL,"
+                         "\"revalidated\":%uL,\"hit\":%uL,\"scarce\":%uL",
+                         cache[0], cache[1], cache[2], cache[3], cache[4],
+                         cache[5], cache[6], cache[7]);
+}
+
+
+/* "responses":{...}; server and filter zones also count cache statuses */
+
+static void
+ngx_http_vts_json_responses(ngx_http_vts_out_t *out, ngx_http_vts_entry_t *e,
+    ngx_uint_t with_cache)
 {
     ngx_http_vts_out_fmt(out,
                          "\"responses\":{\"1xx\":%uL,\"2xx\":%uL,\"3xx\":%uL,"
-                         "\"4xx\":%uL,\"5xx\":%uL}",
+                         "\"4xx\":%uL,\"5xx\":%uL",
                          e->c.responses[0], e->c.responses[1],
                          e->c.responses[2], e->c.responses[3],
                          e->c.responses[4]);
+
+    if (with_cache) {
+        ngx_http_vts_out_str(out, ",");
+        ngx_http_vts_json_cache_counts(out, e->c.cache);
+    }
+
+    ngx_http_vts_out_str(out, "}");
 }
 
 
@@ -1022,7 +1259,7 @@ ngx_http_vts_json_zone(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
     ngx_http_vts_out_fmt(out, "{\"requestCounter\":%uL,\"inBytes\":%uL,"
                          "\"outBytes\":%uL,",
                          e->c.requests, e->c.in_bytes, e->c.out_bytes);
-    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_json_responses(out, e, 1);
     ngx_http_vts_json_times(pg, "request", e->c.request_msec,
                             &e->c.request_window);
     ngx_http_vts_json_buckets(out, "requestBuckets", e,
@@ -1030,7 +1267,10 @@ ngx_http_vts_json_zone(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
     ngx_http_vts_out_fmt(out, ",\"overCounts\":{\"maxIntegerSize\":%uL,"
                          "\"requestCounter\":0,\"inBytes\":0,"
                          "\"outBytes\":0,\"1xx\":0,\"2xx\":0,\"3xx\":0,"
-                         "\"4xx\":0,\"5xx\":0,\"requestMsecCounter\":0}}",
+                         "\"4xx\":0,\"5xx\":0,\"miss\":0,\"bypass\":0,"
+                         "\"expired\":0,\"stale\":0,\"updating\":0,"
+                         "\"revalidated\":0,\"hit\":0,\"scarce\":0,"
+                         "\"requestMsecCounter\":0}}",
                          (uint64_t) -1);
 }
 
@@ -1048,7 +1288,7 @@ ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
     ngx_http_vts_out_fmt(out, ",\"requestCounter\":%uL,\"inBytes\":%uL,"
                          "\"outBytes\":%uL,",
                          e->c.requests, e->c.in_bytes, e->c.out_bytes);
-    ngx_http_vts_json_responses(out, e);
+    ngx_http_vts_json_responses(out, e, 0);
     ngx_http_vts_json_times(pg, "request", e->c.request_msec,
                             &e->c.request_window);
     ngx_http_vts_json_buckets(out, "requestBuckets", e,
@@ -1066,7 +1306,8 @@ ngx_http_vts_json_peer(ngx_http_vts_page_t *pg, ngx_http_vts_entry_t *e)
                              "\"down\":%s}",
                              us->weight, us->max_fails, us->fail_timeout,
                              us->backup ? "true" : "false",
-                             us->down ? "true" : "false");
+                             ngx_http_vts_peer_is_down(pg->r, e, us)
+                             ? "true" : "false");
 
     } else {
         ngx_http_vts_out_str(out, ",\"weight\":0,\"maxFails\":0,"
@@ -1234,6 +1475,47 @@ ngx_http_vts_json_upstream_zones(ngx_http_vts_page_t *pg, ngx_uint_t groups,
 }
 
 
+/* the members of "cacheZones" (only "name" when given) */
+
+static void
+ngx_http_vts_json_cache_zones(ngx_http_vts_page_t *pg, ngx_str_t *name)
+{
+    ngx_uint_t             i, n;
+    ngx_http_vts_out_t    *out;
+    ngx_http_vts_entry_t  *e;
+
+    out = pg->out;
+    n = 0;
+
+    for (i = 0; i < pg->snap->nentries; i++) {
+        e = &pg->snap->entries[i];
+
+        if (e->kind != NGX_HTTP_VTS_KIND_CACHE
+            || (name != NULL && !ngx_http_vts_str_eq(&e->name, name)))
+        {
+            continue;
+        }
+
+        if (n++) {
+            ngx_http_vts_out_str(out, ",");
+        }
+
+        ngx_http_vts_out_json_str(out, &e->name);
+        ngx_http_vts_out_fmt(out, ":{\"maxSize\":%uL,\"usedSize\":%uL,"
+                             "\"inBytes\":%uL,\"outBytes\":%uL,"
+                             "\"responses\":{",
+                             e->c.cache_max_size, e->c.cache_used_size,
+                             e->c.in_bytes, e->c.out_bytes);
+        ngx_http_vts_json_cache_counts(out, e->c.cache);
+        ngx_http_vts_out_fmt(out, "},\"overCounts\":{\"maxIntegerSize\":%uL,"
+                             "\"inBytes\":0,\"outBytes\":0,\"miss\":0,"
+                             "\"bypass\":0,\"expired\":0,\"stale\":0,"
+                             "\"updating\":0,\"revalidated\":0,\"hit\":0,"
+                             "\"scarce\":0}}", (uint64_t) -1);
+    }
+}
+
+
 static void
 ngx_http_vts_json(ngx_http_vts_page_t *pg)
 {
@@ -1256,7 +1538,15 @@ ngx_http_vts_json(ngx_http_vts_page_t *pg)
 
     ngx_http_vts_out_str(out, ",\"upstreamZones\":{");
     ngx_http_vts_json_upstream_zones(pg, 1, 1);
-    ngx_http_vts_out_str(out, "}}\n");
+    ngx_http_vts_out_str(out, "}");
+
+    if (ngx_http_vts_count_kind(pg->snap, NGX_HTTP_VTS_KIND_CACHE)) {
+        ngx_http_vts_out_str(out, ",\"cacheZones\":{");
+        ngx_http_vts_json_cache_zones(pg, NULL);
+        ngx_http_vts_out_str(out, "}");
+    }
+
+    ngx_http_vts_out_str(out, "}\n");
 }
 
 
@@ -1374,8 +1664,16 @@ ngx_http_vts_json_control_status(ngx_http_vts_page_t *pg, ngx_str_t *group,
             }
         }
 
-    } else if (ngx_http_vts_is(group, "cache") && all) {
-        ngx_http_vts_out_str(out, "\"cacheZones\":{}");
+    } else if (ngx_http_vts_is(group, "cache")) {
+
+        if (all) {
+            ngx_http_vts_out_str(out, "\"cacheZones\":{");
+            ngx_http_vts_json_cache_zones(pg, NULL);
+            ngx_http_vts_out_str(out, "}");
+
+        } else {
+            ngx_http_vts_json_cache_zones(pg, zone);
+        }
     }
 
 #undef ngx_http_vts_is

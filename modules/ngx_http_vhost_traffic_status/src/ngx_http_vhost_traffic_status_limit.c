@@ -3,10 +3,10 @@
  * Virtual-host traffic status: vhost_traffic_status_limit_traffic and
  * vhost_traffic_status_limit_traffic_by_set_key.  In the preaccess phase a
  * request is refused with the limit's status code (503 by default) once
- * the counter of the member ("request", "in", "out", "1xx" .. "5xx") in
- * the zone is above the size.  The zone is the request's server zone, or
- * for by_set_key one named "NO@server", "FG@group@key", "UG@upstream@peer"
- * or "UA@peer" ("CC@..." cache zones are not kept: never limited).
+ * the counter of the member ("request", "in", "out", "1xx" .. "5xx",
+ * "cache_miss" .. "cache_scarce") in the zone is above the size.  The zone
+ * is the request's server zone, or for by_set_key one named "NO@server",
+ * "FG@group@key", "UG@upstream@peer", "UA@peer" or "CC@cache_zone".
  */
 
 
@@ -17,7 +17,7 @@
 #define NGX_HTTP_VTS_MEMBER_IN       1
 #define NGX_HTTP_VTS_MEMBER_OUT      2
 #define NGX_HTTP_VTS_MEMBER_1XX      3     /* .. 5xx: 3 .. 7 */
-#define NGX_HTTP_VTS_MEMBER_CACHE    8
+#define NGX_HTTP_VTS_MEMBER_CACHE    8     /* miss .. scarce: 8 .. 15 */
 
 
 static ngx_int_t
@@ -28,7 +28,11 @@ ngx_http_vts_member(ngx_str_t *s)
     static ngx_str_t  names[] = {
         ngx_string("request"), ngx_string("in"), ngx_string("out"),
         ngx_string("1xx"), ngx_string("2xx"), ngx_string("3xx"),
-        ngx_string("4xx"), ngx_string("5xx")
+        ngx_string("4xx"), ngx_string("5xx"),
+        ngx_string("cache_miss"), ngx_string("cache_bypass"),
+        ngx_string("cache_expired"), ngx_string("cache_stale"),
+        ngx_string("cache_updating"), ngx_string("cache_revalidated"),
+        ngx_string("cache_hit"), ngx_string("cache_scarce")
     };
 
     for (i = 0; i < sizeof(names) / sizeof(names[0]); i++) {
@@ -37,10 +41,6 @@ ngx_http_vts_member(ngx_str_t *s)
         {
             return i;
         }
-    }
-
-    if (s->len > 6 && ngx_strncasecmp(s->data, (u_char *) "cache_", 6) == 0) {
-        return NGX_HTTP_VTS_MEMBER_CACHE;
     }
 
     return NGX_ERROR;
@@ -93,11 +93,10 @@ ngx_http_vts_member_value(ngx_http_vts_counters_t *c, ngx_int_t member)
     case NGX_HTTP_VTS_MEMBER_OUT:
         return c->out_bytes;
 
-    case NGX_HTTP_VTS_MEMBER_CACHE:
-        return 0;
-
     default:
-        return c->responses[member - NGX_HTTP_VTS_MEMBER_1XX];
+        return (member >= NGX_HTTP_VTS_MEMBER_CACHE)
+               ? c->cache[member - NGX_HTTP_VTS_MEMBER_CACHE]
+               : c->responses[member - NGX_HTTP_VTS_MEMBER_1XX];
     }
 }
 
@@ -136,7 +135,8 @@ ngx_http_vts_limit_key(ngx_str_t *key, ngx_uint_t *kind, ngx_str_t *group,
     }
 
     if (ngx_strncmp(key->data, "CC", 2) == 0) {
-        return NGX_DECLINED;
+        *kind = NGX_HTTP_VTS_KIND_CACHE;
+        return NGX_OK;
     }
 
     if (ngx_strncmp(key->data, "FG", 2) == 0) {
@@ -237,7 +237,8 @@ ngx_http_vts_limit_handler(ngx_http_request_t *r)
                 ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
                               "vhost_traffic_status: invalid limit key "
                               "\"%V\", expected NO@server, FG@group@key, "
-                              "UG@upstream@peer or UA@peer", &key);
+                              "UG@upstream@peer, UA@peer or CC@cache_zone",
+                              &key);
                 continue;
             }
 
@@ -342,7 +343,8 @@ ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid limit \"%V\", expected member:size with "
-                           "member request, in, out, 1xx .. 5xx or cache_* "
+                           "member request, in, out, 1xx .. 5xx or "
+                           "cache_miss .. cache_scarce "
                            "and a size such as 1000, 64k or 10g", ms);
         return NGX_CONF_ERROR;
     }

@@ -528,17 +528,43 @@ ngx_http_vts_bucket(ngx_http_vts_counters_t *c, uint64_t *counts,
 #define NGX_HTTP_VTS_SAMPLE_REQUEST   1
 #define NGX_HTTP_VTS_SAMPLE_RESPONSE  2
 
+
+/* what one request (or one upstream attempt of it) adds to a zone entry */
+typedef struct {
+    ngx_uint_t                  status;
+    ngx_msec_t                  request_msec;
+    ngx_msec_t                  response_msec;
+    off_t                       in;
+    off_t                       out;
+    ngx_uint_t                  cache_status;      /* 0: no cache used */
+    ngx_uint_t                  samples;           /* SAMPLE_* windows */
+    uint64_t                    now;               /* epoch ms */
+} ngx_http_vts_count_t;
+
+
 static void
 ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_http_vts_buckets_t *b,
-    ngx_uint_t status, ngx_msec_t request_msec, ngx_msec_t response_msec,
-    off_t in, off_t out, ngx_uint_t samples, uint64_t now)
+    ngx_http_vts_count_t *n)
 {
-    if (samples & NGX_HTTP_VTS_SAMPLE_REQUEST) {
-        ngx_http_vts_window_add(&c->request_window, now, request_msec);
+    ngx_uint_t  status;
+    ngx_msec_t  request_msec, response_msec;
+
+    status = n->status;
+    request_msec = n->request_msec;
+    response_msec = n->response_msec;
+
+    if (n->samples & NGX_HTTP_VTS_SAMPLE_REQUEST) {
+        ngx_http_vts_window_add(&c->request_window, n->now, request_msec);
     }
 
-    if (samples & NGX_HTTP_VTS_SAMPLE_RESPONSE) {
-        ngx_http_vts_window_add(&c->response_window, now, response_msec);
+    if (n->samples & NGX_HTTP_VTS_SAMPLE_RESPONSE) {
+        ngx_http_vts_window_add(&c->response_window, n->now, response_msec);
+    }
+
+    if (n->cache_status >= 1
+        && n->cache_status <= NGX_HTTP_VTS_CACHE_STATUSES)
+    {
+        c->cache[n->cache_status - 1]++;
     }
 
     c->requests++;
@@ -561,12 +587,12 @@ ngx_http_vts_count(ngx_http_vts_counters_t *c, ngx_http_vts_buckets_t *b,
     c->request_msec += request_msec;
     c->response_msec += response_msec;
 
-    if (in > 0) {
-        c->in_bytes += (uint64_t) in;
+    if (n->in > 0) {
+        c->in_bytes += (uint64_t) n->in;
     }
 
-    if (out > 0) {
-        c->out_bytes += (uint64_t) out;
+    if (n->out > 0) {
+        c->out_bytes += (uint64_t) n->out;
     }
 }
 
@@ -666,6 +692,53 @@ ngx_http_vts_filter_eval(ngx_http_request_t *r, ngx_http_vts_filter_key_t *f,
 }
 
 
+/* the proxy_cache zone a request used, and its sizes then */
+typedef struct {
+    ngx_str_t                   name;              /* empty: none */
+    uint64_t                    max_size;          /* bytes */
+    uint64_t                    used_size;
+} ngx_http_vts_cache_use_t;
+
+
+/*
+ * The cache status of a request (NGX_HTTP_CACHE_MISS ..), 0 when it used
+ * no cache; "cache" names the cache zone it went through.
+ */
+
+static ngx_uint_t
+ngx_http_vts_cache_status(ngx_http_request_t *r,
+    ngx_http_vts_cache_use_t *cache)
+{
+    ngx_memzero(cache, sizeof(ngx_http_vts_cache_use_t));
+
+#if (NGX_HTTP_CACHE)
+    {
+    ngx_http_file_cache_t  *fc;
+
+    if (r->upstream == NULL || r->upstream->cache_status == 0) {
+        return 0;
+    }
+
+    if (r->cache != NULL && r->cache->file_cache != NULL
+        && r->cache->file_cache->shm_zone != NULL
+        && r->cache->file_cache->shm_zone->shm.name.len
+           <= NGX_HTTP_VTS_MAX_KEY_LEN)
+    {
+        fc = r->cache->file_cache;
+        cache->name = fc->shm_zone->shm.name;
+        cache->max_size = (uint64_t) fc->max_size * fc->bsize;
+        cache->used_size = (fc->sh != NULL)
+                           ? (uint64_t) fc->sh->size * fc->bsize : 0;
+    }
+
+    return r->upstream->cache_status;
+    }
+#else
+    return 0;
+#endif
+}
+
+
 static ngx_int_t
 ngx_http_vts_log_handler(ngx_http_request_t *r)
 {
@@ -674,8 +747,8 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     u_char                        *key;
     ngx_str_t                      host, group;
     ngx_uint_t                     i, first, status, st, kind, full;
-    uint64_t                       now;
     ngx_msec_t                     req_ms, resp_ms;
+    ngx_http_vts_count_t           cn, attempt;
     ngx_time_t                    *tp;
     ngx_msec_int_t                 ms;
     ngx_http_upstream_t           *u;
@@ -688,6 +761,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     ngx_http_core_loc_conf_t      *clcf;
     ngx_http_upstream_state_t     *state;
     ngx_http_vts_filter_key_t     *fdef;
+    ngx_http_vts_cache_use_t       cache;
 
     vmcf = ngx_http_get_module_main_conf(r,
                                          ngx_http_vhost_traffic_status_module);
@@ -784,15 +858,22 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     }
 
     full = 0;
-    now = ngx_http_vts_now_msec();
+
+    ngx_memzero(&cn, sizeof(ngx_http_vts_count_t));
+    cn.status = status;
+    cn.request_msec = req_ms;
+    cn.in = in;
+    cn.out = out;
+    cn.samples = NGX_HTTP_VTS_SAMPLE_REQUEST;
+    cn.now = ngx_http_vts_now_msec();
+    cn.cache_status = ngx_http_vts_cache_status(r, &cache);
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
     vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
                                       host.data, host.len, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
     } else {
         full = 1;
@@ -802,8 +883,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                                       (u_char *) NGX_HTTP_VTS_SUM_KEY,
                                       sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
     if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
+        ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
     } else {
         full = 1;
@@ -823,8 +903,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         vn = ngx_http_vts_node_get_locked(ctx, fk[i].kind, fk[i].key,
                                           fk[i].len, fk[i].glen);
         if (vn != NULL) {
-            ngx_http_vts_count(&vn->counters, vlcf->buckets, status, req_ms, 0,
-                           in, out, NGX_HTTP_VTS_SAMPLE_REQUEST, now);
+            ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
         } else {
             full = 1;
@@ -883,17 +962,38 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                     st = status;
                 }
 
-                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, req_ms,
-                                   resp_ms, in, out,
-                                   NGX_HTTP_VTS_SAMPLE_REQUEST
-                                   |NGX_HTTP_VTS_SAMPLE_RESPONSE, now);
+                attempt = cn;
+                attempt.status = st;
+                attempt.response_msec = resp_ms;
+                attempt.cache_status = 0;
+                attempt.samples = NGX_HTTP_VTS_SAMPLE_REQUEST
+                                  |NGX_HTTP_VTS_SAMPLE_RESPONSE;
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, &attempt);
 
             } else {
                 /* an earlier, failed attempt */
-                ngx_http_vts_count(&vn->counters, vlcf->buckets, st, 0,
-                                   resp_ms, 0, 0,
-                                   NGX_HTTP_VTS_SAMPLE_RESPONSE, now);
+                ngx_memzero(&attempt, sizeof(ngx_http_vts_count_t));
+                attempt.status = st;
+                attempt.response_msec = resp_ms;
+                attempt.samples = NGX_HTTP_VTS_SAMPLE_RESPONSE;
+                attempt.now = cn.now;
+                ngx_http_vts_count(&vn->counters, vlcf->buckets, &attempt);
             }
+        }
+    }
+
+    if (cache.name.len) {
+        vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_CACHE,
+                                          cache.name.data, cache.name.len, 0);
+        if (vn != NULL) {
+            attempt = cn;
+            attempt.samples = 0;
+            ngx_http_vts_count(&vn->counters, NULL, &attempt);
+            vn->counters.cache_max_size = cache.max_size;
+            vn->counters.cache_used_size = cache.used_size;
+
+        } else {
+            full = 1;
         }
     }
 

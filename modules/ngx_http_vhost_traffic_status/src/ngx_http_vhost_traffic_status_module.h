@@ -31,7 +31,10 @@
 #define NGX_HTTP_VTS_KIND_UPSTREAM       3
 #define NGX_HTTP_VTS_KIND_NOGROUPS       4
 #define NGX_HTTP_VTS_KIND_FILTER         5
-#define NGX_HTTP_VTS_KIND_CACHE_NONE     99    /* control: cache group */
+#define NGX_HTTP_VTS_KIND_CACHE          6     /* a proxy_cache zone */
+
+/* cache statuses counted, in nginx's order (NGX_HTTP_CACHE_MISS is 1) */
+#define NGX_HTTP_VTS_CACHE_STATUSES      8
 
 #define NGX_HTTP_VTS_SUM_KEY             "*"
 #define NGX_HTTP_VTS_NOGROUPS_NAME       "::nogroups"
@@ -96,6 +99,10 @@ typedef struct {
     uint64_t                    response_buckets[NGX_HTTP_VTS_MAX_BUCKETS];
     ngx_http_vts_window_t       request_window;
     ngx_http_vts_window_t       response_window;   /* upstream only */
+    /* miss .. scarce of server, filter and cache zones */
+    uint64_t                    cache[NGX_HTTP_VTS_CACHE_STATUSES];
+    uint64_t                    cache_max_size;    /* cache zones, bytes */
+    uint64_t                    cache_used_size;
 } ngx_http_vts_counters_t;
 
 
@@ -218,6 +225,8 @@ char *ngx_http_vts_set_by_filter(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_http_upstream_server_t *ngx_http_vts_find_server_conf(
     ngx_http_request_t *r, ngx_http_vts_entry_t *e);
+ngx_uint_t ngx_http_vts_peer_is_down(ngx_http_request_t *r,
+    ngx_http_vts_entry_t *e, ngx_http_upstream_server_t *us);
 char *ngx_http_vts_limit_traffic(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 ngx_array_t *ngx_http_vts_limits_unique(ngx_conf_t *cf, ngx_array_t *limits);

@@ -14,9 +14,9 @@
 #define NGX_HTTP_VTS_VAR_IN_BYTES      1
 #define NGX_HTTP_VTS_VAR_OUT_BYTES     2
 #define NGX_HTTP_VTS_VAR_1XX           3     /* .. 5xx: 3 .. 7 */
-#define NGX_HTTP_VTS_VAR_CACHE         8     /* always 0: no cache counters */
-#define NGX_HTTP_VTS_VAR_TIME_COUNTER  9
-#define NGX_HTTP_VTS_VAR_TIME          10
+#define NGX_HTTP_VTS_VAR_TIME_COUNTER  8
+#define NGX_HTTP_VTS_VAR_TIME          9
+#define NGX_HTTP_VTS_VAR_CACHE         10    /* miss .. scarce: 10 .. 17 */
 
 
 static ngx_int_t ngx_http_vts_variable(ngx_http_request_t *r,
@@ -53,26 +53,26 @@ static ngx_http_variable_t  ngx_http_vts_vars[] = {
       NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_bypass_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 1, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_expired_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 2, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_stale_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 3, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_updating_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 4, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_revalidated_counter"), NULL,
       ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 5, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_hit_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 6, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_cache_scarce_counter"), NULL, ngx_http_vts_variable,
-      NGX_HTTP_VTS_VAR_CACHE, NGX_HTTP_VAR_NOCACHEABLE, 0 },
+      NGX_HTTP_VTS_VAR_CACHE + 7, NGX_HTTP_VAR_NOCACHEABLE, 0 },
 
     { ngx_string("vts_request_time_counter"), NULL, ngx_http_vts_variable,
       NGX_HTTP_VTS_VAR_TIME_COUNTER, NGX_HTTP_VAR_NOCACHEABLE, 0 },
@@ -82,6 +82,32 @@ static ngx_http_variable_t  ngx_http_vts_vars[] = {
 
       ngx_http_null_variable
 };
+
+
+/* "Miss" .. "Scarce" (as in cacheMiss): that cache status counter, else 0 */
+
+static uint64_t
+ngx_http_vts_cache_counter(ngx_http_vts_counters_t *c, u_char *status,
+    size_t len)
+{
+    ngx_uint_t  i;
+
+    static ngx_str_t  statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
+        ngx_string("Miss"), ngx_string("Bypass"), ngx_string("Expired"),
+        ngx_string("Stale"), ngx_string("Updating"),
+        ngx_string("Revalidated"), ngx_string("Hit"), ngx_string("Scarce")
+    };
+
+    for (i = 0; i < NGX_HTTP_VTS_CACHE_STATUSES; i++) {
+        if (statuses[i].len == len
+            && ngx_strncmp(statuses[i].data, status, len) == 0)
+        {
+            return c->cache[i];
+        }
+    }
+
+    return 0;
+}
 
 
 /* a window's moving average by the method of the request's location */
@@ -155,12 +181,10 @@ ngx_http_vts_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         n = ngx_http_vts_request_average(r, &c.request_window);
         break;
 
-    case NGX_HTTP_VTS_VAR_CACHE:
-        n = 0;
-        break;
-
     default:
-        n = c.responses[data - NGX_HTTP_VTS_VAR_1XX];
+        n = (data >= NGX_HTTP_VTS_VAR_CACHE)
+            ? c.cache[data - NGX_HTTP_VTS_VAR_CACHE]
+            : c.responses[data - NGX_HTTP_VTS_VAR_1XX];
         break;
     }
 
@@ -313,8 +337,14 @@ ngx_http_vts_set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
         z.data = at + 1;
         z.len = zone.data + zone.len - z.data;
 
+    } else if (ngx_http_vts_is(&group, "cache")) {
+        kind = NGX_HTTP_VTS_KIND_CACHE;
+        g.len = 0;
+        g.data = NULL;
+        z = zone;
+
     } else {
-        goto value;   /* cache zones are not kept */
+        goto value;
     }
 
     buf = ngx_pnalloc(r->pool, g.len + z.len + 1);
@@ -368,6 +398,15 @@ ngx_http_vts_set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
     {
         n = e.c.responses[name.data[0] - '1'];
 
+    } else if (ngx_http_vts_is(&name, "cacheMaxSize")) {
+        n = e.c.cache_max_size;
+
+    } else if (ngx_http_vts_is(&name, "cacheUsedSize")) {
+        n = e.c.cache_used_size;
+
+    } else if (name.len > 5 && ngx_strncmp(name.data, "cache", 5) == 0) {
+        n = ngx_http_vts_cache_counter(&e.c, name.data + 5, name.len - 5);
+
     } else if (kind == NGX_HTTP_VTS_KIND_UPSTREAM) {
         e.kind = kind;
         e.group = g;
@@ -390,7 +429,7 @@ ngx_http_vts_set_variable(ngx_http_request_t *r, ngx_http_variable_value_t *v,
                 n = us->backup;
 
             } else if (ngx_http_vts_is(&name, "down")) {
-                n = us->down;
+                n = ngx_http_vts_peer_is_down(r, &e, us);
             }
         }
     }
