@@ -1,5 +1,5 @@
 //! Load benchmark: proxied requests per second through the two seed configurations, each
-//! measured with and without the feature an issue asks about.
+//! measured with and without one feature, to show what the feature costs.
 //!
 //! - conf/examples/embed-healthcheck.conf with its health checkers running, versus
 //!   the same file without its `init_worker_by_lua_block` (both strategies).
@@ -53,9 +53,9 @@ fn main() {
 
     let mut rows = Vec::new();
     for strategy in Strategy::ALL {
-        rows.extend(issue4_health_checkers(strategy));
+        rows.extend(health_checker_cost(strategy));
     }
-    rows.extend(issue5_traffic_status(Strategy::Lualib));
+    rows.extend(traffic_status_cost(Strategy::Lualib));
 
     print_table(&rows);
     println!("\nload average at end: {}", load_average());
@@ -67,7 +67,7 @@ fn main() {
 
 /// One row of the table: a variant's runs.
 struct Row {
-    issue: &'static str,
+    feature: &'static str,
     strategy: Strategy,
     variant: &'static str,
     runs: Vec<Stats>,
@@ -76,7 +76,7 @@ struct Row {
 }
 
 /// The embed seed with and without its health checkers.
-fn issue4_health_checkers(strategy: Strategy) -> Vec<Row> {
+fn health_checker_cost(strategy: Strategy) -> Vec<Row> {
     let dir = temp_dir(&format!("bench-hc-{}", strategy.name()));
     let root = unpack_bundle(strategy, dir.path());
     let backends = Backends::start(&root, &dir.path().join("backends"), 2, &[]);
@@ -94,7 +94,7 @@ fn issue4_health_checkers(strategy: Strategy) -> Vec<Row> {
 /// The lualib seed's comprehensive example with and without the traffic status zone.
 /// Load goes to /api/ (upstream foo, plain http); bar's peers speak TLS so that its https
 /// checker runs as in production, as the seed test does.
-fn issue5_traffic_status(strategy: Strategy) -> Vec<Row> {
+fn traffic_status_cost(strategy: Strategy) -> Vec<Row> {
     let dir = temp_dir(&format!("bench-vts-{}", strategy.name()));
     let root = unpack_bundle(strategy, dir.path());
     let ca = TestCa::new();
@@ -141,15 +141,15 @@ struct Pair<'a> {
 }
 
 impl Pair<'_> {
-    fn compare(&self, (issue, strategy): (&'static str, Strategy), a: (&'static str, &str), b: (&'static str, &str)) -> Vec<Row> {
-        let mut rows: Vec<Row> = [a.0, b.0].iter().map(|&variant| Row { issue, strategy, variant, runs: Vec::new(), probes: 0 }).collect();
+    fn compare(&self, (feature, strategy): (&'static str, Strategy), a: (&'static str, &str), b: (&'static str, &str)) -> Vec<Row> {
+        let mut rows: Vec<Row> = [a.0, b.0].iter().map(|&variant| Row { feature, strategy, variant, runs: Vec::new(), probes: 0 }).collect();
         for round in 0..ROUNDS {
             for (row, conf) in rows.iter_mut().zip([a.1, b.1]) {
                 let probes_before = self.backends.probes();
                 let stats = self.run_once(conf);
                 row.probes += self.backends.probes() - probes_before;
                 eprintln!(
-                    "[{issue} {} round {}] {:<26} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  failed {}",
+                    "[{feature} {} round {}] {:<26} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  failed {}",
                     strategy.name(),
                     round + 1,
                     row.variant,
@@ -478,7 +478,7 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Rows come in pairs (with, without); the change column compares each "with" to its "without".
 fn print_table(rows: &[Row]) {
-    println!("\n| issue | strategy | variant | req/s (median) | req/s per run | p50 ms | p99 ms | failed | probes | change vs without |");
+    println!("\n| feature | strategy | variant | req/s (median) | req/s per run | p50 ms | p99 ms | failed | probes | change vs without |");
     println!("|---|---|---|---:|---|---:|---:|---:|---:|---:|");
     for pair in rows.chunks(2) {
         let baseline = median(pair[1].runs.iter().map(|s| s.rps).collect());
@@ -488,7 +488,7 @@ fn print_table(rows: &[Row]) {
             let change = if std::ptr::eq(row, &pair[1]) { "".to_string() } else { format!("{:+.1} %", (rps / baseline - 1.0) * 100.0) };
             println!(
                 "| {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {} | {} | {} |",
-                row.issue,
+                row.feature,
                 row.strategy.name(),
                 row.variant,
                 rps,
