@@ -63,7 +63,8 @@ static ngx_uint_t ngx_http_vts_count_kind(ngx_http_vts_snapshot_t *snap,
 static void ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
-    ngx_http_vts_snapshot_t *snap, const char *name, ngx_uint_t which);
+    ngx_http_vts_snapshot_t *snap, const char *name, const char *help,
+    ngx_uint_t kind);
 static void ngx_http_vts_prometheus(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_json(ngx_http_vts_page_t *pg);
 static void ngx_http_vts_html(ngx_http_vts_page_t *pg);
@@ -458,6 +459,13 @@ done:
 }
 
 
+/* the cache statuses, in the order of ngx_http_vts_counters_t's cache[] */
+static const char  *ngx_http_vts_cache_statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
+    "miss", "bypass", "expired", "stale", "updating", "revalidated", "hit",
+    "scarce"
+};
+
+
 /* Prometheus text exposition */
 
 #define ngx_http_vts_prom_family(out, name, help, type)                       \
@@ -502,6 +510,17 @@ ngx_http_vts_prom_filter_label(ngx_http_vts_out_t *out, const char *name,
 }
 
 
+static void
+ngx_http_vts_prom_cache_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+    ngx_http_vts_out_str(out, "{cache_zone=\"");
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
+}
+
+
 static ngx_uint_t
 ngx_http_vts_is_server(ngx_http_vts_entry_t *e)
 {
@@ -527,53 +546,46 @@ typedef struct {
     const char                 *name;
     const char                 *help;
     const char                 *type;
-    size_t                      sum;       /* offset in ngx_http_vts_counters_t */
-    ngx_uint_t                  average;   /* of the window, not the sum */
-    size_t                      window;    /* offset in ngx_http_vts_counters_t */
+    /* offset in ngx_http_vts_counters_t: of the sum, or with "average" of
+     * the window whose moving average the family reports */
+    size_t                      field;
+    ngx_uint_t                  average;
 } ngx_http_vts_time_family_t;
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_upstream_times[] = {
     { "nginx_vts_upstream_request_seconds_total",
       "The request processing time including upstream in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
     { "nginx_vts_upstream_request_seconds",
       "The average of request processing times including upstream in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_window), 1 },
     { "nginx_vts_upstream_response_seconds_total",
       "The only upstream response processing time in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, response_msec), 0,
-      offsetof(ngx_http_vts_counters_t, response_window) },
+      "counter", offsetof(ngx_http_vts_counters_t, response_msec), 0 },
     { "nginx_vts_upstream_response_seconds",
       "The average of only upstream response processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, response_msec), 1,
-      offsetof(ngx_http_vts_counters_t, response_window) },
+      "gauge", offsetof(ngx_http_vts_counters_t, response_window), 1 },
 };
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_filter_times[] = {
     { "nginx_vts_filter_request_seconds_total",
       "The request processing time in seconds counter",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
     { "nginx_vts_filter_request_seconds",
       "The average of request processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_window), 1 },
 };
 
 
 static ngx_http_vts_time_family_t  ngx_http_vts_server_times[] = {
     { "nginx_vts_server_request_seconds_total",
       "The request processing time in seconds",
-      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "counter", offsetof(ngx_http_vts_counters_t, request_msec), 0 },
     { "nginx_vts_server_request_seconds",
       "The average of request processing times in seconds",
-      "gauge", offsetof(ngx_http_vts_counters_t, request_msec), 1,
-      offsetof(ngx_http_vts_counters_t, request_window) },
+      "gauge", offsetof(ngx_http_vts_counters_t, request_window), 1 },
 };
 
 
@@ -632,10 +644,10 @@ ngx_http_vts_prom_times(ngx_http_vts_page_t *pg,
             if (tf->average) {
                 msec = ngx_http_vts_page_average(pg,
                            (ngx_http_vts_window_t *) ((u_char *) &e->c
-                                                      + tf->window));
+                                                      + tf->field));
 
             } else {
-                msec = *(uint64_t *) ((u_char *) &e->c + tf->sum);
+                msec = *(uint64_t *) ((u_char *) &e->c + tf->field);
             }
 
             ngx_http_vts_out_str(out, "} ");
@@ -829,7 +841,8 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                             / sizeof(ngx_http_vts_server_times[0]), 0);
 
     ngx_http_vts_prom_cache_statuses(out, snap, "nginx_vts_server_cache_total",
-                                     0);
+                                     "The requests cache counter",
+                                     NGX_HTTP_VTS_KIND_SERVER);
 
     ngx_http_vts_prom_histogram(out, snap,
                                 "nginx_vts_server_request_duration_seconds",
@@ -881,7 +894,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                                 / sizeof(ngx_http_vts_filter_times[0]), 2);
 
         ngx_http_vts_prom_cache_statuses(out, snap,
-                                         "nginx_vts_filter_cache_total", 2);
+                                         "nginx_vts_filter_cache_total",
+                                         "The requests cache counter",
+                                         NGX_HTTP_VTS_KIND_FILTER);
 
         ngx_http_vts_prom_histogram(out, snap,
                                 "nginx_vts_filter_request_duration_seconds",
@@ -976,41 +991,45 @@ ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg)
 }
 
 
-/* "<name>{<labels>,status="miss"} n" ... for the server (0) or filter zones */
+/*
+ * A family of "<name>{<labels>,status="miss"} n" ... over the server zones
+ * (kind NGX_HTTP_VTS_KIND_SERVER, the sum zone included), the filter zones
+ * or the cache zones.
+ */
 
 static void
 ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
-    ngx_http_vts_snapshot_t *snap, const char *name, ngx_uint_t which)
+    ngx_http_vts_snapshot_t *snap, const char *name, const char *help,
+    ngx_uint_t kind)
 {
     ngx_uint_t             i, k;
     ngx_http_vts_entry_t  *e;
 
-    static const char     *statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
-        "miss", "bypass", "expired", "stale", "updating", "revalidated",
-        "hit", "scarce"
-    };
-
-    ngx_http_vts_out_fmt(out, "# HELP %s The requests cache counter\n"
-                         "# TYPE %s counter\n", name, name);
+    ngx_http_vts_out_fmt(out, "# HELP %s %s\n# TYPE %s counter\n", name, help,
+                         name);
 
     for (i = 0; i < snap->nentries; i++) {
         e = &snap->entries[i];
 
-        if (which == 0 ? !ngx_http_vts_is_server(e)
-                       : e->kind != NGX_HTTP_VTS_KIND_FILTER)
+        if (kind == NGX_HTTP_VTS_KIND_SERVER ? !ngx_http_vts_is_server(e)
+                                             : e->kind != kind)
         {
             continue;
         }
 
         for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
-            if (which == 0) {
+            if (kind == NGX_HTTP_VTS_KIND_SERVER) {
                 ngx_http_vts_prom_server_label(out, name, e);
 
-            } else {
+            } else if (kind == NGX_HTTP_VTS_KIND_FILTER) {
                 ngx_http_vts_prom_filter_label(out, name, e);
+
+            } else {
+                ngx_http_vts_prom_cache_label(out, name, e);
             }
 
-            ngx_http_vts_out_fmt(out, ",status=\"%s\"} %uL\n", statuses[k],
+            ngx_http_vts_out_fmt(out, ",status=\"%s\"} %uL\n",
+                                 ngx_http_vts_cache_statuses[k],
                                  e->c.cache[k]);
         }
     }
@@ -1022,15 +1041,10 @@ ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
 static void
 ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
 {
-    ngx_uint_t                i, k;
+    ngx_uint_t                i;
     ngx_http_vts_out_t       *out;
     ngx_http_vts_entry_t     *e;
     ngx_http_vts_snapshot_t  *snap;
-
-    static const char        *statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
-        "miss", "bypass", "expired", "stale", "updating", "revalidated",
-        "hit", "scarce"
-    };
 
     out = pg->out;
     snap = pg->snap;
@@ -1044,13 +1058,11 @@ ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_out_str(out, "nginx_vts_cache_usage_bytes{cache_zone=\"");
-        ngx_http_vts_out_prom_esc(out, &e->name);
-        ngx_http_vts_out_fmt(out, "\",cache_size=\"max\"} %uL\n",
+        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_usage_bytes", e);
+        ngx_http_vts_out_fmt(out, ",cache_size=\"max\"} %uL\n",
                              e->c.cache_max_size);
-        ngx_http_vts_out_str(out, "nginx_vts_cache_usage_bytes{cache_zone=\"");
-        ngx_http_vts_out_prom_esc(out, &e->name);
-        ngx_http_vts_out_fmt(out, "\",cache_size=\"used\"} %uL\n",
+        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_usage_bytes", e);
+        ngx_http_vts_out_fmt(out, ",cache_size=\"used\"} %uL\n",
                              e->c.cache_used_size);
     }
 
@@ -1064,32 +1076,17 @@ ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_out_str(out, "nginx_vts_cache_bytes_total{cache_zone=\"");
-        ngx_http_vts_out_prom_esc(out, &e->name);
-        ngx_http_vts_out_fmt(out, "\",direction=\"in\"} %uL\n", e->c.in_bytes);
-        ngx_http_vts_out_str(out, "nginx_vts_cache_bytes_total{cache_zone=\"");
-        ngx_http_vts_out_prom_esc(out, &e->name);
-        ngx_http_vts_out_fmt(out, "\",direction=\"out\"} %uL\n",
+        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
+        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_bytes_total", e);
+        ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
                              e->c.out_bytes);
     }
 
-    ngx_http_vts_prom_family(out, "nginx_vts_cache_requests_total",
-                             "The cache requests counter", "counter");
-
-    for (i = 0; i < snap->nentries; i++) {
-        e = &snap->entries[i];
-        if (e->kind != NGX_HTTP_VTS_KIND_CACHE) {
-            continue;
-        }
-
-        for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
-            ngx_http_vts_out_str(out,
-                                 "nginx_vts_cache_requests_total{cache_zone=\"");
-            ngx_http_vts_out_prom_esc(out, &e->name);
-            ngx_http_vts_out_fmt(out, "\",status=\"%s\"} %uL\n", statuses[k],
-                                 e->c.cache[k]);
-        }
-    }
+    ngx_http_vts_prom_cache_statuses(out, snap,
+                                     "nginx_vts_cache_requests_total",
+                                     "The cache requests counter",
+                                     NGX_HTTP_VTS_KIND_CACHE);
 }
 
 
@@ -1100,12 +1097,12 @@ ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
 static void
 ngx_http_vts_json_cache_counts(ngx_http_vts_out_t *out, uint64_t *cache)
 {
-    ngx_http_vts_out_fmt(out,
-                         "\"miss\":%uL,\"bypass\":%uL,\"expired\":%uL,"
-                         "\"stale\":%uL,\"updating\":%uL,"
-                         "\"revalidated\":%uL,\"hit\":%uL,\"scarce\":%uL",
-                         cache[0], cache[1], cache[2], cache[3], cache[4],
-                         cache[5], cache[6], cache[7]);
+    ngx_uint_t  k;
+
+    for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
+        ngx_http_vts_out_fmt(out, k ? ",\"%s\":%uL" : "\"%s\":%uL",
+                             ngx_http_vts_cache_statuses[k], cache[k]);
+    }
 }
 
 
