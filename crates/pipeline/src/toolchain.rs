@@ -4,8 +4,9 @@
 //! Debian's musl-gcc turns `-static-pie` into a dynamic PIE, drops crypt(), and gcc 12's
 //! libgcc_eh wants glibc's `_dl_find_object`; `toolchain/` holds the specs and the small C
 //! support library (`libstaticpie.a`: `_dl_find_object`, a `dlsym` that reads the binary's own
-//! `.dynsym`, and a RELRO constructor) that fix all three. It also compiles the allocator every
-//! link gets in place of musl's (see [`crate::allocator`]).
+//! `.dynsym`, and a RELRO constructor) that fix all three. It also compiles the allocator and
+//! the memory functions (memcpy, memmove, memset) every link gets in place of musl's (see
+//! [`crate::allocator`] and `toolchain/string/memory.c`).
 
 use repro::store::{build_path, out_path, BUILD_DIR, OUT_DIR};
 use repro::{Artifact, Result, Step};
@@ -29,6 +30,12 @@ const SUPPORT_SOURCES: [(&str, &str); 3] = [
     ("dlsym.c", include_str!("../../../toolchain/static-pie/dlsym.c")),
     ("relro.c", include_str!("../../../toolchain/static-pie/relro.c")),
 ];
+
+const MEMORY_FUNCTIONS: &str = include_str!("../../../toolchain/string/memory.c");
+/// The memory functions must not be compiled back into calls to themselves, and musl's startup
+/// calls memcpy (copying the TLS image) before the thread pointer, which holds the stack
+/// protector's canary, exists.
+const MEMORY_FUNCTIONS_CFLAGS: [&str; 5] = ["-O2", "-fPIE", "-ffreestanding", "-fno-tree-loop-distribute-patterns", "-fno-stack-protector"];
 
 /// Builds musl, gathers the kernel headers and compiles the static-PIE support library.
 pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
@@ -55,7 +62,12 @@ pub fn build(project: &Project, sources: &Sources) -> Result<Artifact> {
         .command("linux-headers", ["cp", "-R", "x86_64-linux-gnu/asm", &out_path(&format!("{KERNEL_HEADERS}/asm"))])
         .command("static-pie", [CC, "-O2", "-fPIE", "-fno-stack-protector", "-c", "dl_find_object.c", "dlsym.c", "relro.c"])
         .command("static-pie", ["ar", "rcsD", &out_path(&format!("{LIB}/libstaticpie.a")), "dl_find_object.o", "dlsym.o"])
-        .command("static-pie", ["cp", "relro.o", &out_path(&format!("{LIB}/relro.o"))]);
+        .command("static-pie", ["cp", "relro.o", &out_path(&format!("{LIB}/relro.o"))])
+        .file("string/memory.c", MEMORY_FUNCTIONS, false)
+        .command(
+            "string",
+            [CC].into_iter().chain(MEMORY_FUNCTIONS_CFLAGS).chain(["-c", "memory.c", "-o"]).map(String::from).chain([out_path(&format!("{LIB}/memory.o"))]),
+        );
     crate::allocator::add_to_toolchain(step, sources)?.run_in(project)
 }
 
