@@ -1,10 +1,11 @@
 #include <stdio.h>
 #include <string.h>
 #include <stdlib.h>
-/* Every size up to 600 and a spread of larger ones, at every alignment of source and
- * destination in a 32-byte window, and memmove at every overlap distance in both
- * directions, compared with byte-by-byte reference loops. Guard bytes around every
- * destination must stay untouched. */
+/* memcpy, memset and memmove at every size up to 600 and a spread of larger ones, at every
+ * alignment of source and destination in a 32-byte window, memmove at every overlap distance
+ * in both directions, and memcmp's sign for a difference at every position (both orders, and
+ * bytes on both sides of 0x80), compared with byte-by-byte reference loops. Guard bytes
+ * around every destination must stay untouched. */
 #define WINDOW 32
 #define MAX 20000
 static unsigned char src[MAX + 3 * WINDOW], dst[MAX + 3 * WINDOW], ref[MAX + 3 * WINDOW];
@@ -18,6 +19,19 @@ static void byte_copy(unsigned char *d, const unsigned char *s, size_t n)
 {
 	for (size_t i = 0; i < n; i++)
 		d[i] = s[i];
+}
+
+static int byte_compare(const unsigned char *l, const unsigned char *r, size_t n)
+{
+	for (size_t i = 0; i < n; i++)
+		if (l[i] != r[i])
+			return l[i] < r[i] ? -1 : 1;
+	return 0;
+}
+
+static int sign(int v)
+{
+	return (v > 0) - (v < 0);
 }
 
 static void fill(unsigned char *p, size_t n, unsigned seed)
@@ -47,13 +61,30 @@ int main(void)
 				byte_copy(ref, dst, sizeof dst);
 				for (size_t i = 0; i < n; i++) ref[WINDOW + d + i] = src[so + i];
 				if (memcpy(dst + WINDOW + d, src + so, n) != dst + WINDOW + d) fail("memcpy return", n, so, d);
-				if (memcmp(dst, ref, sizeof dst)) fail("memcpy", n, so, d);
+				if (byte_compare(dst, ref, sizeof dst)) fail("memcpy", n, so, d);
 				byte_copy(ref, dst, sizeof dst);
 				for (size_t i = 0; i < n; i++) ref[WINDOW + d + i] = (unsigned char)(n + so);
 				if (memset(dst + WINDOW + d, (int)(n + so) | 0x100, n) != dst + WINDOW + d) fail("memset return", n, so, d);
-				if (memcmp(dst, ref, sizeof dst)) fail("memset", n, so, d);
+				if (byte_compare(dst, ref, sizeof dst)) fail("memset", n, so, d);
 				cases += 2;
 			}
+		/* memcmp: equal, then one differing byte at each position, either way round. */
+		for (size_t so = 0; so < WINDOW; so += (n > 100 ? 7 : 1)) {
+			unsigned char *l = src + so, *r = dst + WINDOW + (so * 5) % WINDOW;
+			fill(l, n, (unsigned)n);
+			byte_copy(r, l, n);
+			if (memcmp(l, r, n) != 0) fail("memcmp equal", n, so, 0);
+			for (size_t at = 0; at < n; at += (n > 64 ? 13 : 1)) {
+				unsigned char keep = r[at];
+				for (int k = 0; k < 2; k++) {
+					r[at] = k ? (unsigned char)(l[at] ^ 0x80) : (unsigned char)(l[at] + 1);
+					if (sign(memcmp(l, r, n)) != byte_compare(l, r, n)) fail("memcmp", n, so, at);
+					if (sign(memcmp(r, l, n)) != byte_compare(r, l, n)) fail("memcmp reversed", n, so, at);
+					cases += 2;
+				}
+				r[at] = keep;
+			}
+		}
 		/* memmove within one buffer: destination from 2*WINDOW below to 2*WINDOW above. */
 		for (long shift = -2 * WINDOW; shift <= 2 * WINDOW; shift += (n > 600 ? 5 : 1)) {
 			size_t at = 2 * WINDOW;
@@ -63,7 +94,7 @@ int main(void)
 			for (size_t i = 0; i < n; i++) src[i] = ref[at + i];
 			for (size_t i = 0; i < n; i++) ref[at + shift + i] = src[i];
 			if (memmove(dst + at + shift, dst + at, n) != dst + at + shift) fail("memmove return", n, at, (size_t)shift);
-			if (memcmp(dst, ref, sizeof dst)) fail("memmove", n, at, (size_t)shift);
+			if (byte_compare(dst, ref, sizeof dst)) fail("memmove", n, at, (size_t)shift);
 			cases++;
 		}
 	}

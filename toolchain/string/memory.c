@@ -1,5 +1,6 @@
 /*
- * memcpy, memmove and memset for every static link, in place of musl's x86_64 assembly.
+ * memcpy, memmove, memset and memcmp for every static link, in place of musl's x86_64
+ * assembly and its byte-at-a-time C memcmp.
  *
  * musl copies with `rep movsq` plus single `movsb` steps for the unaligned ends, and fills
  * anything over 126 bytes with `rep stosq`. String instructions are microcoded: each one
@@ -9,9 +10,11 @@
  * that start-up cost is paid on almost every call. glibc's versions use overlapping unaligned
  * vector moves instead; these do the same with SSE2, which is part of the x86-64 baseline, so
  * the binary still runs on every x86-64 CPU. Only large fills keep a string instruction.
+ * musl's memcmp compares one byte per step; nginx compares keys with it (hash and tree
+ * lookups, the traffic status module's entries), so it compares 16 bytes a step here.
  *
  * Like the allocator, this object is linked ahead of every archive (see the specs'
- * *startfile), so libc.a's memcpy, memmove and memset members are never pulled in.
+ * *startfile), so libc.a's memcpy, memmove, memset and memcmp members are never pulled in.
  * Compiled with -ffreestanding -fno-tree-loop-distribute-patterns: the compiler must not turn
  * these loops back into calls to the functions they define.
  */
@@ -196,4 +199,55 @@ void *memset(void *dest, int c, size_t n)
 			store16_aligned(d, v);
 	}
 	return dest;
+}
+
+/* The first differing byte decides; -1 or 1 like any sign-correct memcmp. */
+static inline int compare_words(uint64_t a, uint64_t b)
+{
+	a = __builtin_bswap64(a);
+	b = __builtin_bswap64(b);
+	return a < b ? -1 : 1;
+}
+
+static inline int compare16(const unsigned char *l, const unsigned char *r, int *result)
+{
+	unsigned equal = (unsigned)_mm_movemask_epi8(_mm_cmpeq_epi8(load16(l), load16(r)));
+	if (equal == 0xffff)
+		return 0;
+	unsigned i = (unsigned)__builtin_ctz(~equal);
+	*result = l[i] - r[i];
+	return 1;
+}
+
+int memcmp(const void *vl, const void *vr, size_t n)
+{
+	const unsigned char *l = vl, *r = vr;
+	int result;
+	if (n >= 16) {
+		for (size_t i = 0; i + 16 <= n; i += 16)
+			if (compare16(l + i, r + i, &result))
+				return result;
+		/* The last 16 bytes, overlapping bytes already found equal. */
+		if ((n & 15) && compare16(l + n - 16, r + n - 16, &result))
+			return result;
+		return 0;
+	}
+	if (n >= 8) {
+		uint64_t a = *(const u64_unaligned *)l, b = *(const u64_unaligned *)r;
+		if (a != b)
+			return compare_words(a, b);
+		a = *(const u64_unaligned *)(l + n - 8);
+		b = *(const u64_unaligned *)(r + n - 8);
+		return a == b ? 0 : compare_words(a, b);
+	}
+	if (n >= 4) {
+		/* Big-endian, so that the first differing byte is the most significant. */
+		uint64_t a = (uint64_t)__builtin_bswap32(*(const u32_unaligned *)l) << 32 | __builtin_bswap32(*(const u32_unaligned *)(l + n - 4));
+		uint64_t b = (uint64_t)__builtin_bswap32(*(const u32_unaligned *)r) << 32 | __builtin_bswap32(*(const u32_unaligned *)(r + n - 4));
+		return a == b ? 0 : (a < b ? -1 : 1);
+	}
+	for (; n; n--, l++, r++)
+		if (*l != *r)
+			return *l - *r;
+	return 0;
 }
