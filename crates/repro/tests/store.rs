@@ -62,6 +62,29 @@ fn keys_ignore_where_sources_live() {
 }
 
 #[test]
+fn a_source_edited_after_planning_fails_the_step_and_publishes_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let store = Store::open(tmp.path().join("store")).unwrap();
+    let src = tmp.path().join("module");
+    fs::create_dir_all(&src).unwrap();
+    fs::write(src.join("module.c"), "int version = 1;\n").unwrap();
+    let planned = repro::TreeHash::of_dir(&src).unwrap();
+    let step = Step::new("module").source("module", &src, planned).command(".", ["cp", "module/module.c", "{out}/"]);
+    // Edited between computing the key (the tree hash above) and running the step.
+    fs::write(src.join("module.c"), "int version = 2;\n").unwrap();
+    let key = step.key();
+    let err = step.run(&store).unwrap_err().to_string();
+    for needle in ["source `module`", "changed after the build was planned", &planned.to_string(), "run the build again"] {
+        assert!(err.contains(needle), "{needle:?} in {err}");
+    }
+    assert!(!store.root().join(format!("module-{key}")).exists(), "nothing published under the planned key");
+    // Planned again from the tree as it is now, it builds.
+    let now = repro::TreeHash::of_dir(&src).unwrap();
+    let built = Step::new("module").source("module", &src, now).command(".", ["cp", "module/module.c", "{out}/"]).run(&store).unwrap();
+    assert_eq!(fs::read_to_string(built.path.join("module.c")).unwrap(), "int version = 2;\n");
+}
+
+#[test]
 fn a_failing_step_publishes_nothing_and_reports_command_log_tail_and_path() {
     let tmp = tempfile::tempdir().unwrap();
     let store = Store::open(tmp.path().join("store")).unwrap();

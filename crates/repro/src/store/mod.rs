@@ -434,10 +434,15 @@ impl Step {
         let log = store.root.join(format!("{entry}.log"));
         let staged_log = staging.join("log");
         let actions = self.actions(&build, &out, |dep| dep.path.clone());
-        let result = fs::File::create(&staged_log)
-            .map_err(|e| format!("cannot create the log: {e}"))
-            .and_then(|mut log| executor::execute(&actions, &mut log))
-            .and_then(|()| finish(&build, &out).map_err(|e| e.to_string()));
+        // The source copies come first: they are checked against the trees the key was computed
+        // from before any command runs.
+        let (copies, rest) = actions.split_at(self.sources.len());
+        let result = fs::File::create(&staged_log).map_err(|e| format!("cannot create the log: {e}")).and_then(|mut log| {
+            executor::execute(copies, &mut log)?;
+            self.check_copied_sources(&build)?;
+            executor::execute(rest, &mut log)?;
+            finish(&build, &out).map_err(|e| e.to_string())
+        });
         let _ = fs::rename(&staged_log, &log);
         if let Err(what) = result {
             let _ = fs::remove_dir_all(&staging);
@@ -452,6 +457,22 @@ impl Step {
         fs::rename(&out, &path).context(|| format!("cannot publish {}", path.display()))?;
         let _ = fs::remove_dir_all(&staging);
         let _ = fs::remove_dir_all(&build);
+        Ok(())
+    }
+
+    /// A source that lives in a working tree (the project's own modules, say) can be edited
+    /// between planning and building. Building from the edited copy would store one tree's
+    /// output under the other tree's key, so the copy must still hash to the recorded tree.
+    fn check_copied_sources(&self, build: &Path) -> Result<(), String> {
+        for (mount, (from, tree)) in &self.sources {
+            let copied = TreeHash::of_dir(&build.join(mount)).map_err(|e| e.to_string())?;
+            if copied != *tree {
+                return Err(format!(
+                    "source `{mount}` ({}) changed after the build was planned: it hashes to {copied}, the step's key was computed for {tree}; nothing was published, run the build again",
+                    from.display()
+                ));
+            }
+        }
         Ok(())
     }
 
