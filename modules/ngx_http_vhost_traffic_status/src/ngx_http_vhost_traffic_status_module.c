@@ -19,6 +19,7 @@ static char *ngx_http_vts_display(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
 static char *ngx_http_vts_filter_by_set_key(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static ngx_int_t ngx_http_vts_lone_variable(ngx_conf_t *cf, ngx_str_t *value);
 static char *ngx_http_vts_filter_max_node(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_vts_histogram_buckets(ngx_conf_t *cf,
@@ -378,6 +379,7 @@ ngx_http_vts_node_delete_locked(ngx_http_vts_ctx_t *ctx,
     ngx_rbtree_delete(&ctx->sh->rbtree, &vn->node);
     ngx_slab_free_locked(ctx->shpool, vn);
     ctx->sh->nodes--;
+    ctx->sh->generation++;
 }
 
 
@@ -415,6 +417,64 @@ ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
 
     ngx_rbtree_insert(&ctx->sh->rbtree, &vn->node);
     ctx->sh->nodes++;
+
+    return vn;
+}
+
+
+/*
+ * Entries whose key is configuration (a server_name, the sum key) are
+ * looked up on every request: each worker remembers their nodes by the
+ * key's address, which stays put for the cycle, so those lookups skip the
+ * hash and the tree walk.  Nodes are only ever freed by
+ * ngx_http_vts_node_delete_locked, whose generation bump makes every
+ * worker forget what it remembered.
+ */
+
+#define NGX_HTTP_VTS_STABLE_SLOTS  32
+
+typedef struct {
+    u_char                     *key;
+    size_t                      len;
+    ngx_uint_t                  kind;
+    ngx_uint_t                  generation;
+    ngx_http_vts_shctx_t       *sh;
+    volatile ngx_cycle_t       *cycle;
+    ngx_http_vts_node_t        *vn;
+} ngx_http_vts_stable_slot_t;
+
+static ngx_http_vts_stable_slot_t
+    ngx_http_vts_stable_slots[NGX_HTTP_VTS_STABLE_SLOTS];
+
+
+static ngx_http_vts_node_t *
+ngx_http_vts_node_get_stable_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
+    u_char *key, size_t len)
+{
+    ngx_http_vts_node_t         *vn;
+    ngx_http_vts_stable_slot_t  *slot;
+
+    slot = &ngx_http_vts_stable_slots[((uintptr_t) key >> 3)
+                                      % NGX_HTTP_VTS_STABLE_SLOTS];
+
+    if (slot->key == key && slot->len == len && slot->kind == kind
+        && slot->sh == ctx->sh && slot->cycle == ngx_cycle
+        && slot->generation == ctx->sh->generation)
+    {
+        return slot->vn;
+    }
+
+    vn = ngx_http_vts_node_get_locked(ctx, kind, key, len, 0);
+
+    if (vn != NULL) {
+        slot->key = key;
+        slot->len = len;
+        slot->kind = kind;
+        slot->generation = ctx->sh->generation;
+        slot->sh = ctx->sh;
+        slot->cycle = ngx_cycle;
+        slot->vn = vn;
+    }
 
     return vn;
 }
@@ -642,9 +702,21 @@ static ngx_int_t
 ngx_http_vts_filter_eval(ngx_http_request_t *r, ngx_http_vts_filter_key_t *f,
     ngx_http_vts_fkey_t *out)
 {
-    ngx_str_t  key, name;
+    ngx_str_t                   key, name;
+    ngx_http_variable_value_t  *vv;
 
-    if (ngx_http_complex_value(r, &f->key, &key) != NGX_OK) {
+    if (f->key_index != NGX_ERROR) {
+        /* what the complex value would give, without copying it */
+        vv = ngx_http_get_flushed_variable(r, f->key_index);
+
+        if (vv == NULL || vv->not_found) {
+            return NGX_DECLINED;
+        }
+
+        key.data = vv->data;
+        key.len = vv->len;
+
+    } else if (ngx_http_complex_value(r, &f->key, &key) != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -846,7 +918,19 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     if (vlcf->stats_by_upstream
         && r->upstream_states != NULL && r->upstream_states->nelts > 0)
     {
-        key = ngx_pnalloc(r->pool, group.len + NGX_HTTP_VTS_MAX_KEY_LEN);
+        /* room for the longest peer name: usually far below the key limit,
+         * which would make this a separate malloc()ed block of the pool */
+        state = r->upstream_states->elts;
+        plen = 0;
+
+        for (i = 0; i < r->upstream_states->nelts; i++) {
+            if (state[i].peer != NULL && state[i].peer->len > plen) {
+                plen = state[i].peer->len;
+            }
+        }
+
+        key = ngx_pnalloc(r->pool,
+                          group.len + ngx_min(plen, NGX_HTTP_VTS_MAX_KEY_LEN));
         if (key == NULL) {
             return NGX_OK;
         }
@@ -865,8 +949,12 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
-                                      host.data, host.len, 0);
+    /* a Host header (filter_by_host) lives in the request, not the cycle */
+    vn = (host.data == r->headers_in.server.data)
+         ? ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
+                                        host.data, host.len, 0)
+         : ngx_http_vts_node_get_stable_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
+                                               host.data, host.len);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
@@ -874,9 +962,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         full = 1;
     }
 
-    vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
-                                      (u_char *) NGX_HTTP_VTS_SUM_KEY,
-                                      sizeof(NGX_HTTP_VTS_SUM_KEY) - 1, 0);
+    vn = ngx_http_vts_node_get_stable_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
+                                             (u_char *) NGX_HTTP_VTS_SUM_KEY,
+                                             sizeof(NGX_HTTP_VTS_SUM_KEY) - 1);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
@@ -1246,6 +1334,7 @@ ngx_http_vts_init_zone(ngx_shm_zone_t *shm_zone, void *data)
     ngx_rbtree_init(&ctx->sh->rbtree, &ctx->sh->sentinel,
                     ngx_http_vts_rbtree_insert_value);
     ctx->sh->nodes = 0;
+    ctx->sh->generation = 0;
 
     len = sizeof(" in vhost_traffic_status zone \"\"") + shm_zone->shm.name.len;
 
@@ -1439,6 +1528,8 @@ ngx_http_vts_filter_by_set_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    f->key_index = ngx_http_vts_lone_variable(cf, &value[1]);
+
     if (cf->args->nelts == 3) {
         f->has_name = 1;
 
@@ -1453,6 +1544,53 @@ ngx_http_vts_filter_by_set_key(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     }
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * A key that is one variable and nothing else ("$uri", "${uri}"): its
+ * index, so that each request reads the variable in place instead of
+ * running the complex value's scripts and copying the result.  NGX_ERROR
+ * for any other key.
+ */
+
+static ngx_int_t
+ngx_http_vts_lone_variable(ngx_conf_t *cf, ngx_str_t *value)
+{
+    size_t     i, start, end;
+    ngx_str_t  name;
+
+    if (value->len < 2 || value->data[0] != '$') {
+        return NGX_ERROR;
+    }
+
+    start = 1;
+    end = value->len;
+
+    if (value->data[1] == '{') {
+        if (value->data[end - 1] != '}') {
+            return NGX_ERROR;
+        }
+
+        start = 2;
+        end--;
+    }
+
+    /* "$1": a regex capture, not a named variable */
+    if (end <= start || isdigit(value->data[start])) {
+        return NGX_ERROR;
+    }
+
+    for (i = start; i < end; i++) {
+        if (!(isalnum(value->data[i]) || value->data[i] == '_')) {
+            return NGX_ERROR;
+        }
+    }
+
+    name.data = value->data + start;
+    name.len = end - start;
+
+    return ngx_http_get_variable_index(cf, &name);
 }
 
 

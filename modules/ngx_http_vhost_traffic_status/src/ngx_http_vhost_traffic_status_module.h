@@ -125,6 +125,7 @@ typedef struct {
     ngx_rbtree_t                rbtree;
     ngx_rbtree_node_t           sentinel;
     ngx_uint_t                  nodes;
+    ngx_uint_t                  generation;        /* bumped by every free */
 } ngx_http_vts_shctx_t;
 
 
@@ -138,6 +139,7 @@ typedef struct {
 /* one vhost_traffic_status_filter_by_set_key */
 typedef struct {
     ngx_http_complex_value_t    key;
+    ngx_int_t                   key_index;         /* a lone $variable, or -1 */
     ngx_http_complex_value_t    name;              /* empty: a server zone */
     ngx_uint_t                  has_name;
 } ngx_http_vts_filter_key_t;
