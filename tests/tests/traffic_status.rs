@@ -763,6 +763,11 @@ fn filter_by_set_key_counts_per_group_and_key() {
         }}
         location /nofilter/ {{ vhost_traffic_status_filter off; return 200 "nofilter\n"; }}
         location /srvkey/ {{ vhost_traffic_status_filter_by_set_key $arg_k; return 200 "srvkey\n"; }}
+        location /combo/ {{
+            vhost_traffic_status_filter_by_set_key "${{request_method}}-$arg_c" combo::*;
+            vhost_traffic_status_filter_by_set_key ${{arg_c}} braced::*;
+            return 200 "combo\n";
+        }}
     }}
     server {{
         listen 127.0.0.1:{status_port};
@@ -780,6 +785,8 @@ fn filter_by_set_key_counts_per_group_and_key() {
         plan.extend([("f.test", "/?v=beta"); 1]);
         plan.extend([("f.test", "/nofilter/?v=gamma"); 2]);
         plan.extend([("f.test", "/srvkey/?k=tenant-a"); 2]);
+        plan.extend([("f.test", "/combo/?c=x"); 2]);
+        plan.extend([("f.test", "/combo/"); 1]);
         let statuses = run_plan(port, &plan, 4);
         assert_eq!(statuses.iter().filter(|&&s| s == 404).count(), 1, "{statuses:?}");
         // one after another, so that "least recently used" is well defined
@@ -798,12 +805,16 @@ fn filter_by_set_key_counts_per_group_and_key() {
         assert_eq!(count("agent::f.test", "alpha"), 3, "server-level key, inherited by locations without keys");
         assert_eq!(fz.get("agent::f.test").get("alpha").get("responses").get("4xx").u64(), 1);
         assert_eq!(count("agent::f.test", "beta"), 1);
+        // A key of several parts, and a lone variable written with braces: a missing argument
+        // leaves the one empty (not counted) and the other with its fixed part.
+        assert_eq!((count("combo::*", "GET-x"), count("combo::*", "GET-")), (2, 1));
+        assert_eq!((count("braced::*", "x"), fz.get("braced::*").keys().len()), (2, 1));
         assert_eq!(fz.get("agent::f.test").keys(), ["alpha", "beta"], "nothing for /nofilter/ or empty keys");
         assert_eq!(count("method::*", "GET"), requests - 2, "the http-level key applies everywhere except under vhost_traffic_status_filter off");
         let paths = fz.get("paths::f.test").keys();
         assert_eq!(paths, ["/paths/p6", "/paths/p7", "/paths/p8", "/paths/p9"], "filter_max_node 4 keeps the newest");
         let groups = fz.keys();
-        assert_eq!(groups, ["agent::f.test", "dup::f.test", "method::*", "paths::f.test", "storage::f.test"]);
+        assert_eq!(groups, ["agent::f.test", "braced::*", "combo::*", "dup::f.test", "method::*", "paths::f.test", "storage::f.test"]);
         // a key without a group is a server zone
         let sz = j.get("serverZones");
         assert_eq!(sz.get("tenant-a").get("requestCounter").u64(), 2);
