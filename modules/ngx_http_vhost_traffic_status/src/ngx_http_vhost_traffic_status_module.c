@@ -250,6 +250,7 @@ typedef struct {
     size_t                      len;
     size_t                      glen;
     ngx_uint_t                  kind;
+    void                       *site;              /* its definition */
 } ngx_http_vts_fkey_t;
 
 
@@ -423,57 +424,53 @@ ngx_http_vts_node_get_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
 
 
 /*
- * Entries whose key is configuration (a server_name, the sum key) are
- * looked up on every request: each worker remembers their nodes by the
- * key's address, which stays put for the cycle, so those lookups skip the
- * hash and the tree walk.  Nodes are only ever freed by
+ * Every request looks up the same few entries again and again: its server,
+ * the sum, its upstream peer, usually the same filter keys.  Each lookup
+ * site remembers, per worker, the node it found last, in a slot chosen by
+ * a pointer that names the site (a server's configuration, a filter's
+ * definition, a peer): when the node still holds the key asked for, the
+ * hash and the tree walk are skipped.  The key is compared, so a slot can
+ * never answer for another key, and nodes are only ever freed by
  * ngx_http_vts_node_delete_locked, whose generation bump makes every
  * worker forget what it remembered.
  */
 
-#define NGX_HTTP_VTS_STABLE_SLOTS  32
+#define NGX_HTTP_VTS_REMEMBERED_SLOTS  64
 
 typedef struct {
-    u_char                     *key;
-    size_t                      len;
-    ngx_uint_t                  kind;
-    ngx_uint_t                  generation;
-    ngx_http_vts_shctx_t       *sh;
-    volatile ngx_cycle_t       *cycle;
     ngx_http_vts_node_t        *vn;
-} ngx_http_vts_stable_slot_t;
+    ngx_http_vts_shctx_t       *sh;
+    ngx_uint_t                  generation;
+} ngx_http_vts_remembered_t;
 
-static ngx_http_vts_stable_slot_t
-    ngx_http_vts_stable_slots[NGX_HTTP_VTS_STABLE_SLOTS];
+static ngx_http_vts_remembered_t
+    ngx_http_vts_remembered[NGX_HTTP_VTS_REMEMBERED_SLOTS];
 
 
 static ngx_http_vts_node_t *
-ngx_http_vts_node_get_stable_locked(ngx_http_vts_ctx_t *ctx, ngx_uint_t kind,
-    u_char *key, size_t len)
+ngx_http_vts_node_get_remembered_locked(ngx_http_vts_ctx_t *ctx,
+    ngx_uint_t kind, u_char *key, size_t len, size_t glen, void *site)
 {
-    ngx_http_vts_node_t         *vn;
-    ngx_http_vts_stable_slot_t  *slot;
+    ngx_http_vts_node_t        *vn;
+    ngx_http_vts_remembered_t  *slot;
 
-    slot = &ngx_http_vts_stable_slots[((uintptr_t) key >> 3)
-                                      % NGX_HTTP_VTS_STABLE_SLOTS];
+    slot = &ngx_http_vts_remembered[((uintptr_t) site >> 4)
+                                    % NGX_HTTP_VTS_REMEMBERED_SLOTS];
+    vn = slot->vn;
 
-    if (slot->key == key && slot->len == len && slot->kind == kind
-        && slot->sh == ctx->sh && slot->cycle == ngx_cycle
-        && slot->generation == ctx->sh->generation)
+    if (vn != NULL && slot->sh == ctx->sh
+        && slot->generation == ctx->sh->generation
+        && ngx_http_vts_node_cmp(vn, kind, key, len, glen) == 0)
     {
-        return slot->vn;
+        return vn;
     }
 
-    vn = ngx_http_vts_node_get_locked(ctx, kind, key, len, 0);
+    vn = ngx_http_vts_node_get_locked(ctx, kind, key, len, glen);
 
     if (vn != NULL) {
-        slot->key = key;
-        slot->len = len;
-        slot->kind = kind;
-        slot->generation = ctx->sh->generation;
-        slot->sh = ctx->sh;
-        slot->cycle = ngx_cycle;
         slot->vn = vn;
+        slot->sh = ctx->sh;
+        slot->generation = ctx->sh->generation;
     }
 
     return vn;
@@ -748,6 +745,7 @@ ngx_http_vts_filter_eval(ngx_http_request_t *r, ngx_http_vts_filter_key_t *f,
 
     out->len = name.len + key.len;
     out->glen = name.len;
+    out->site = f;
     out->kind = f->has_name ? NGX_HTTP_VTS_KIND_FILTER
                             : NGX_HTTP_VTS_KIND_SERVER;
 
@@ -949,12 +947,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    /* a Host header (filter_by_host) lives in the request, not the cycle */
-    vn = (host.data == r->headers_in.server.data)
-         ? ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
-                                        host.data, host.len, 0)
-         : ngx_http_vts_node_get_stable_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
-                                               host.data, host.len);
+    vn = ngx_http_vts_node_get_remembered_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
+                                                 host.data, host.len, 0,
+                                                 vlcf);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
@@ -962,9 +957,10 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         full = 1;
     }
 
-    vn = ngx_http_vts_node_get_stable_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
+    vn = ngx_http_vts_node_get_remembered_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
                                              (u_char *) NGX_HTTP_VTS_SUM_KEY,
-                                             sizeof(NGX_HTTP_VTS_SUM_KEY) - 1);
+                                             sizeof(NGX_HTTP_VTS_SUM_KEY) - 1,
+                                             0, vmcf);
     if (vn != NULL) {
         ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
@@ -983,8 +979,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
             ngx_http_vts_filter_evict_locked(ctx, vmcf);
         }
 
-        vn = ngx_http_vts_node_get_locked(ctx, fk[i].kind, fk[i].key,
-                                          fk[i].len, fk[i].glen);
+        vn = ngx_http_vts_node_get_remembered_locked(ctx, fk[i].kind,
+                                                     fk[i].key, fk[i].len,
+                                                     fk[i].glen, fk[i].site);
         if (vn != NULL) {
             ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
@@ -1025,8 +1022,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
             plen = ngx_min(state[i].peer->len, NGX_HTTP_VTS_MAX_KEY_LEN);
             ngx_memcpy(key + glen, state[i].peer->data, plen);
 
-            vn = ngx_http_vts_node_get_locked(ctx, kind, key, glen + plen,
-                                              glen);
+            vn = ngx_http_vts_node_get_remembered_locked(ctx, kind, key,
+                                                         glen + plen, glen,
+                                                         state[i].peer);
             if (vn == NULL) {
                 full = 1;
                 continue;
