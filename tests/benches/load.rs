@@ -13,6 +13,10 @@
 //! Upstream peers are a second nginx (the same binary) answering `ok` from memory, and the load
 //! comes from a small closed-loop HTTP/1.1 keep-alive client in this file.
 //!
+//! Each run reports requests per second and the front workers' CPU time per request over the
+//! measured window; on a machine where the client, the backends and the server share two
+//! cores, the CPU figure is the one that separates a feature's cost from scheduling noise.
+//!
 //! Run: `STATIC_NGINX_STORE=/tmp/sn-store cargo bench -p e2e --bench load`
 
 use std::fs;
@@ -149,11 +153,12 @@ impl Pair<'_> {
                 let stats = self.run_once(conf);
                 row.probes += self.backends.probes() - probes_before;
                 eprintln!(
-                    "[{feature} {} round {}] {:<26} {:>8.0} req/s  p50 {:.3} ms  p99 {:.3} ms  failed {}",
+                    "[{feature} {} round {}] {:<26} {:>8.0} req/s {:>7.1} µs CPU/req  p50 {:.3} ms  p99 {:.3} ms  failed {}",
                     strategy.name(),
                     round + 1,
                     row.variant,
                     stats.rps,
+                    stats.cpu_us_per_request,
                     stats.p50_ms,
                     stats.p99_ms,
                     stats.failed
@@ -169,7 +174,7 @@ impl Pair<'_> {
     fn run_once(&self, conf: &str) -> Stats {
         let _ = fs::remove_file(self.root.join("logs/access.log"));
         let nginx = Nginx::start(self.root, conf, &self.ports);
-        let stats = run_load(self.load_port, self.path);
+        let stats = run_load(self.load_port, self.path, &nginx.worker_pids());
         let log = nginx.error_log();
         if stats.ok == 0 || log.contains("[emerg]") || log.contains("failed to spawn") {
             eprintln!("front nginx error log:\n{log}");
@@ -309,6 +314,10 @@ struct Stats {
     ok: u64,
     /// Other statuses, I/O errors and unparsable responses in the measured window.
     failed: u64,
+    /// The front nginx's workers' user plus system CPU per complete response, in the measured
+    /// window: steadier than requests per second when the load generator and the backends
+    /// share the machine's cores with the server.
+    cpu_us_per_request: f64,
 }
 
 /// What one client thread saw inside the measured window.
@@ -319,8 +328,9 @@ struct ClientResult {
 }
 
 /// Drives `CONNECTIONS` connections for `WARMUP + MEASURE` and counts what completed inside
-/// the measured window (requests sent during warm-up are not counted even if they end after).
-fn run_load(port: u16, path: &str) -> Stats {
+/// the measured window (requests sent during warm-up are not counted even if they end after),
+/// and the CPU time `workers` spent in it.
+fn run_load(port: u16, path: &str, workers: &[u32]) -> Stats {
     let measure_from = Instant::now() + WARMUP;
     let until = measure_from + MEASURE;
     let request = format!("GET {path} HTTP/1.1\r\nHost: localhost\r\n\r\n");
@@ -330,6 +340,10 @@ fn run_load(port: u16, path: &str) -> Stats {
             thread::spawn(move || client(port, &request, measure_from, until))
         })
         .collect();
+    thread::sleep(measure_from.saturating_duration_since(Instant::now()));
+    let cpu_from = e2e::process::total_usage(workers).cpu_seconds;
+    thread::sleep(until.saturating_duration_since(Instant::now()));
+    let cpu = e2e::process::total_usage(workers).cpu_seconds - cpu_from;
     let mut latencies = Vec::new();
     let mut failed = 0;
     for t in threads {
@@ -344,6 +358,7 @@ fn run_load(port: u16, path: &str) -> Stats {
         p99_ms: percentile_ms(&latencies, 0.99),
         ok: latencies.len() as u64,
         failed,
+        cpu_us_per_request: cpu * 1e6 / latencies.len().max(1) as f64,
     }
 }
 
@@ -478,26 +493,36 @@ fn median(mut values: Vec<f64>) -> f64 {
 
 /// Rows come in pairs (with, without); the change column compares each "with" to its "without".
 fn print_table(rows: &[Row]) {
-    println!("\n| feature | strategy | variant | req/s (median) | req/s per run | p50 ms | p99 ms | failed | probes | change vs without |");
-    println!("|---|---|---|---:|---|---:|---:|---:|---:|---:|");
+    println!(
+        "\n| feature | strategy | variant | req/s (median) | req/s per run | change vs without | worker CPU µs/req (median) | CPU change vs without | p50 ms | p99 ms | failed | probes |"
+    );
+    println!("|---|---|---|---:|---|---:|---:|---:|---:|---:|---:|---:|");
     for pair in rows.chunks(2) {
-        let baseline = median(pair[1].runs.iter().map(|s| s.rps).collect());
+        let rps = |row: &Row| median(row.runs.iter().map(|s| s.rps).collect());
+        let cpu = |row: &Row| median(row.runs.iter().map(|s| s.cpu_us_per_request).collect());
         for row in pair {
-            let rps = median(row.runs.iter().map(|s| s.rps).collect());
             let per_run: Vec<String> = row.runs.iter().map(|s| format!("{:.0}", s.rps)).collect();
-            let change = if std::ptr::eq(row, &pair[1]) { "".to_string() } else { format!("{:+.1} %", (rps / baseline - 1.0) * 100.0) };
+            let change = |figure: &dyn Fn(&Row) -> f64| {
+                if std::ptr::eq(row, &pair[1]) {
+                    String::new()
+                } else {
+                    format!("{:+.1} %", (figure(row) / figure(&pair[1]) - 1.0) * 100.0)
+                }
+            };
             println!(
-                "| {} | {} | {} | {:.0} | {} | {:.3} | {:.3} | {} | {} | {} |",
+                "| {} | {} | {} | {:.0} | {} | {} | {:.1} | {} | {:.3} | {:.3} | {} | {} |",
                 row.feature,
                 row.strategy.name(),
                 row.variant,
-                rps,
+                rps(row),
                 per_run.join(", "),
+                change(&rps),
+                cpu(row),
+                change(&cpu),
                 median(row.runs.iter().map(|s| s.p50_ms).collect()),
                 median(row.runs.iter().map(|s| s.p99_ms).collect()),
                 row.runs.iter().map(|s| s.failed).sum::<u64>(),
                 row.probes,
-                change
             );
         }
     }

@@ -360,14 +360,9 @@ impl Server {
     fn worker_usage(&self) -> (f64, f64) {
         let pid = self.child.id();
         let children = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
-        let worker = children.split_whitespace().next().map(str::to_owned).unwrap_or_else(|| pid.to_string());
-        let stat = fs::read_to_string(format!("/proc/{worker}/stat")).unwrap_or_default();
-        // Fields after the parenthesised command name: state is field 3, minflt 10, utime 14,
-        // stime 15.
-        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        let ticks = |i: usize| fields.get(i).and_then(|f| f.parse::<f64>().ok()).unwrap_or(0.0);
-        ((ticks(11) + ticks(12)) / clock_ticks(), ticks(7))
+        let worker = children.split_whitespace().next().and_then(|w| w.parse().ok()).unwrap_or(pid);
+        let usage = e2e::process::usage(worker);
+        (usage.cpu_seconds, usage.minor_faults)
     }
 
     /// Quits the server under callgrind and returns the instructions it counted, or why there
@@ -463,11 +458,6 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
     } else {
         (rps, 0.0, 0.0)
     }
-}
-
-fn clock_ticks() -> f64 {
-    // Linux reports /proc times in USER_HZ, 100 on every supported architecture.
-    100.0
 }
 
 fn env_number(name: &str, default: u64) -> u64 {

@@ -8,6 +8,7 @@ pub mod garage;
 pub mod http;
 pub mod json;
 pub mod nginx;
+pub mod process;
 pub mod prometheus;
 pub mod promtool;
 pub mod tls;
