@@ -441,6 +441,7 @@ typedef struct {
     ngx_http_vts_node_t        *vn;
     ngx_http_vts_shctx_t       *sh;
     ngx_uint_t                  generation;
+    volatile ngx_cycle_t       *cycle;             /* a reload forgets all */
 } ngx_http_vts_remembered_t;
 
 static ngx_http_vts_remembered_t
@@ -458,7 +459,7 @@ ngx_http_vts_node_get_remembered_locked(ngx_http_vts_ctx_t *ctx,
                                     % NGX_HTTP_VTS_REMEMBERED_SLOTS];
     vn = slot->vn;
 
-    if (vn != NULL && slot->sh == ctx->sh
+    if (vn != NULL && slot->sh == ctx->sh && slot->cycle == ngx_cycle
         && slot->generation == ctx->sh->generation
         && ngx_http_vts_node_cmp(vn, kind, key, len, glen) == 0)
     {
@@ -471,6 +472,7 @@ ngx_http_vts_node_get_remembered_locked(ngx_http_vts_ctx_t *ctx,
         slot->vn = vn;
         slot->sh = ctx->sh;
         slot->generation = ctx->sh->generation;
+        slot->cycle = ngx_cycle;
     }
 
     return vn;
