@@ -5,7 +5,7 @@
 //! libgcc_eh wants glibc's `_dl_find_object`; `toolchain/` holds the specs and the small C
 //! support library (`libstaticpie.a`: `_dl_find_object`, a `dlsym` that reads the binary's own
 //! `.dynsym`, and a RELRO constructor) that fix all three. It also compiles the allocator and
-//! the memory functions (memcpy, memmove, memset) every link gets in place of musl's (see
+//! the memory functions (memcpy, memmove, memset, memcmp) every link gets in place of musl's (see
 //! [`crate::allocator`] and `toolchain/string/memory.c`).
 
 use repro::store::{build_path, out_path, BUILD_DIR, OUT_DIR};
