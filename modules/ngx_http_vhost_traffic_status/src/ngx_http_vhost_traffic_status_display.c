@@ -473,54 +473,6 @@ static const char  *ngx_http_vts_cache_statuses[NGX_HTTP_VTS_CACHE_STATUSES] = {
                               "# TYPE " name " " type "\n")
 
 
-static void
-ngx_http_vts_prom_server_label(ngx_http_vts_out_t *out, const char *name,
-    ngx_http_vts_entry_t *e)
-{
-    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
-    ngx_http_vts_out_str(out, "{host=\"");
-    ngx_http_vts_out_prom_esc(out, &e->name);
-    ngx_http_vts_out_str(out, "\"");
-}
-
-
-static void
-ngx_http_vts_prom_upstream_label(ngx_http_vts_out_t *out, const char *name,
-    ngx_http_vts_entry_t *e)
-{
-    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
-    ngx_http_vts_out_str(out, "{upstream=\"");
-    ngx_http_vts_out_prom_esc(out, &e->group);
-    ngx_http_vts_out_str(out, "\",backend=\"");
-    ngx_http_vts_out_prom_esc(out, &e->name);
-    ngx_http_vts_out_str(out, "\"");
-}
-
-
-static void
-ngx_http_vts_prom_filter_label(ngx_http_vts_out_t *out, const char *name,
-    ngx_http_vts_entry_t *e)
-{
-    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
-    ngx_http_vts_out_str(out, "{filter=\"");
-    ngx_http_vts_out_prom_esc(out, &e->group);
-    ngx_http_vts_out_str(out, "\",filter_name=\"");
-    ngx_http_vts_out_prom_esc(out, &e->name);
-    ngx_http_vts_out_str(out, "\"");
-}
-
-
-static void
-ngx_http_vts_prom_cache_label(ngx_http_vts_out_t *out, const char *name,
-    ngx_http_vts_entry_t *e)
-{
-    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
-    ngx_http_vts_out_str(out, "{cache_zone=\"");
-    ngx_http_vts_out_prom_esc(out, &e->name);
-    ngx_http_vts_out_str(out, "\"");
-}
-
-
 static ngx_uint_t
 ngx_http_vts_is_server(ngx_http_vts_entry_t *e)
 {
@@ -534,6 +486,40 @@ ngx_http_vts_is_upstream(ngx_http_vts_entry_t *e)
 {
     return e->kind == NGX_HTTP_VTS_KIND_UPSTREAM
            || e->kind == NGX_HTTP_VTS_KIND_NOGROUPS;
+}
+
+
+/*
+ * A series name and the labels of its entry, up to the closing brace: host
+ * for servers, upstream and backend for peers, filter and filter_name for
+ * filter keys, cache_zone for caches.
+ */
+
+static void
+ngx_http_vts_prom_label(ngx_http_vts_out_t *out, const char *name,
+    ngx_http_vts_entry_t *e)
+{
+    ngx_http_vts_out_raw(out, (u_char *) name, ngx_strlen(name));
+
+    if (ngx_http_vts_is_server(e)) {
+        ngx_http_vts_out_str(out, "{host=\"");
+
+    } else if (e->kind == NGX_HTTP_VTS_KIND_CACHE) {
+        ngx_http_vts_out_str(out, "{cache_zone=\"");
+
+    } else if (ngx_http_vts_is_upstream(e)) {
+        ngx_http_vts_out_str(out, "{upstream=\"");
+        ngx_http_vts_out_prom_esc(out, &e->group);
+        ngx_http_vts_out_str(out, "\",backend=\"");
+
+    } else {
+        ngx_http_vts_out_str(out, "{filter=\"");
+        ngx_http_vts_out_prom_esc(out, &e->group);
+        ngx_http_vts_out_str(out, "\",filter_name=\"");
+    }
+
+    ngx_http_vts_out_prom_esc(out, &e->name);
+    ngx_http_vts_out_str(out, "\"");
 }
 
 
@@ -624,22 +610,16 @@ ngx_http_vts_prom_times(ngx_http_vts_page_t *pg,
                     continue;
                 }
 
-                ngx_http_vts_prom_filter_label(out, tf->name, e);
-
             } else if (upstream) {
                 if (!ngx_http_vts_is_upstream(e)) {
                     continue;
                 }
 
-                ngx_http_vts_prom_upstream_label(out, tf->name, e);
-
-            } else {
-                if (!ngx_http_vts_is_server(e)) {
-                    continue;
-                }
-
-                ngx_http_vts_prom_server_label(out, tf->name, e);
+            } else if (!ngx_http_vts_is_server(e)) {
+                continue;
             }
+
+            ngx_http_vts_prom_label(out, tf->name, e);
 
             if (tf->average) {
                 msec = ngx_http_vts_page_average(pg,
@@ -701,15 +681,7 @@ ngx_http_vts_prom_histogram(ngx_http_vts_out_t *out,
                           : (k == e->c.nbuckets + 1 ? "_sum" : "_count"))
                 = '\0';
 
-            if (which == 0) {
-                ngx_http_vts_prom_server_label(out, (char *) series, e);
-
-            } else if (which == 1) {
-                ngx_http_vts_prom_upstream_label(out, (char *) series, e);
-
-            } else {
-                ngx_http_vts_prom_filter_label(out, (char *) series, e);
-            }
+            ngx_http_vts_prom_label(out, (char *) series, e);
 
             if (k < e->c.nbuckets) {
                 sum = 0;
@@ -808,9 +780,9 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_prom_server_label(out, "nginx_vts_server_bytes_total", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_server_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
-        ngx_http_vts_prom_server_label(out, "nginx_vts_server_bytes_total", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_server_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
                              e->c.out_bytes);
     }
@@ -825,13 +797,13 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
         }
 
         for (k = 0; k < 5; k++) {
-            ngx_http_vts_prom_server_label(out,
+            ngx_http_vts_prom_label(out,
                                     "nginx_vts_server_requests_total", e);
             ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
                                  k + 1, e->c.responses[k]);
         }
 
-        ngx_http_vts_prom_server_label(out,
+        ngx_http_vts_prom_label(out,
                                     "nginx_vts_server_requests_total", e);
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
@@ -862,11 +834,11 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
                 continue;
             }
 
-            ngx_http_vts_prom_filter_label(out,
+            ngx_http_vts_prom_label(out,
                                            "nginx_vts_filter_bytes_total", e);
             ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n",
                                  e->c.in_bytes);
-            ngx_http_vts_prom_filter_label(out,
+            ngx_http_vts_prom_label(out,
                                            "nginx_vts_filter_bytes_total", e);
             ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
                                  e->c.out_bytes);
@@ -882,7 +854,7 @@ ngx_http_vts_prometheus(ngx_http_vts_page_t *pg)
             }
 
             for (k = 0; k < 5; k++) {
-                ngx_http_vts_prom_filter_label(out,
+                ngx_http_vts_prom_label(out,
                                         "nginx_vts_filter_requests_total", e);
                 ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
                                      k + 1, e->c.responses[k]);
@@ -946,10 +918,10 @@ ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_prom_upstream_label(out,
+        ngx_http_vts_prom_label(out,
                                          "nginx_vts_upstream_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
-        ngx_http_vts_prom_upstream_label(out,
+        ngx_http_vts_prom_label(out,
                                          "nginx_vts_upstream_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
                              e->c.out_bytes);
@@ -965,13 +937,13 @@ ngx_http_vts_prom_upstreams(ngx_http_vts_page_t *pg)
         }
 
         for (k = 0; k < 5; k++) {
-            ngx_http_vts_prom_upstream_label(out,
+            ngx_http_vts_prom_label(out,
                                     "nginx_vts_upstream_requests_total", e);
             ngx_http_vts_out_fmt(out, ",code=\"%uixx\"} %uL\n",
                                  k + 1, e->c.responses[k]);
         }
 
-        ngx_http_vts_prom_upstream_label(out,
+        ngx_http_vts_prom_label(out,
                                     "nginx_vts_upstream_requests_total", e);
         ngx_http_vts_out_fmt(out, ",code=\"total\"} %uL\n", e->c.requests);
     }
@@ -1018,15 +990,7 @@ ngx_http_vts_prom_cache_statuses(ngx_http_vts_out_t *out,
         }
 
         for (k = 0; k < NGX_HTTP_VTS_CACHE_STATUSES; k++) {
-            if (kind == NGX_HTTP_VTS_KIND_SERVER) {
-                ngx_http_vts_prom_server_label(out, name, e);
-
-            } else if (kind == NGX_HTTP_VTS_KIND_FILTER) {
-                ngx_http_vts_prom_filter_label(out, name, e);
-
-            } else {
-                ngx_http_vts_prom_cache_label(out, name, e);
-            }
+            ngx_http_vts_prom_label(out, name, e);
 
             ngx_http_vts_out_fmt(out, ",status=\"%s\"} %uL\n",
                                  ngx_http_vts_cache_statuses[k],
@@ -1058,10 +1022,10 @@ ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_usage_bytes", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_cache_usage_bytes", e);
         ngx_http_vts_out_fmt(out, ",cache_size=\"max\"} %uL\n",
                              e->c.cache_max_size);
-        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_usage_bytes", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_cache_usage_bytes", e);
         ngx_http_vts_out_fmt(out, ",cache_size=\"used\"} %uL\n",
                              e->c.cache_used_size);
     }
@@ -1076,9 +1040,9 @@ ngx_http_vts_prom_caches(ngx_http_vts_page_t *pg)
             continue;
         }
 
-        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_bytes_total", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_cache_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"in\"} %uL\n", e->c.in_bytes);
-        ngx_http_vts_prom_cache_label(out, "nginx_vts_cache_bytes_total", e);
+        ngx_http_vts_prom_label(out, "nginx_vts_cache_bytes_total", e);
         ngx_http_vts_out_fmt(out, ",direction=\"out\"} %uL\n",
                              e->c.out_bytes);
     }
