@@ -33,7 +33,7 @@ pub fn dist() -> &'static pipeline::dist::Dist {
 pub struct Toolchain {
     pub project: pipeline::Project,
     pub sources: pipeline::Sources,
-    pub toolchain: repro::Artifact,
+    pub toolchain: pipeline::toolchain::Toolchain,
     pub luajit: repro::Artifact,
 }
 
@@ -42,7 +42,7 @@ pub fn toolchain() -> &'static Toolchain {
     TOOLCHAIN.get_or_init(|| {
         let project = pipeline::Project::from_checkout().expect("open the project");
         let sources = project.sources(false).unwrap_or_else(|e| panic!("{e}"));
-        let toolchain = pipeline::toolchain::build(&project, &sources).unwrap_or_else(|e| panic!("{e}"));
+        let toolchain = pipeline::toolchain::build(&project, &sources, pipeline::Target::X86_64).unwrap_or_else(|e| panic!("{e}"));
         let luajit = pipeline::luajit::build(&project, &sources, &toolchain).unwrap_or_else(|e| panic!("{e}"));
         Toolchain { project, sources, toolchain, luajit }
     })

@@ -286,7 +286,8 @@ fn bundles_are_named_summed_and_carry_provenance_and_examples() {
 fn a_second_dist_builds_nothing() {
     let project = pipeline::Project::from_checkout().unwrap();
     e2e::dist();
-    let again = pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(temp_dir("again").keep()) }).unwrap();
+    let again =
+        pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(temp_dir("again").keep()), ..Default::default() }).unwrap();
     let built: Vec<_> = again.steps.iter().filter(|s| s.built).map(|s| s.name.clone()).collect();
     assert!(built.is_empty(), "rebuilt {built:?}");
 }
@@ -317,7 +318,7 @@ fn two_dists_at_once_both_succeed_and_build_each_step_once() {
             let (checkout, store, out) = (checkout.clone(), store.clone(), out.clone());
             std::thread::spawn(move || {
                 let project = pipeline::Project::with_store(checkout, store).unwrap();
-                pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(out) })
+                pipeline::dist::build(&project, &pipeline::dist::Options { offline: true, out_dir: Some(out), ..Default::default() })
             })
         })
         .collect();

@@ -66,7 +66,8 @@ fn an_empty_store_with_a_warm_cache_builds_no_step_and_needs_no_mirror() {
     // are pushed.
     let writer = cache(garage.endpoint(0), "dist", &trusted, Some(&key), false);
     let a = Project::from_checkout().unwrap().with_cache(writer.clone());
-    let dist_a = dist::build(&a, &dist::Options { offline: false, out_dir: Some(scratch.path().join("dist-a")) }).unwrap_or_else(|e| panic!("{e}"));
+    let dist_a = dist::build(&a, &dist::Options { offline: false, out_dir: Some(scratch.path().join("dist-a")), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
     writer.finish();
     clean(&writer);
     assert!(writer.list().unwrap().iter().any(|(k, _)| k.contains("/steps/")), "store A pushed no step");
@@ -87,7 +88,7 @@ fn an_empty_store_with_a_warm_cache_builds_no_step_and_needs_no_mirror() {
                 .with_cache(reader.clone());
             let out = scratch.path().join(format!("dist-{name}"));
             std::thread::spawn(move || {
-                let built = dist::build(&project, &dist::Options { offline: false, out_dir: Some(out) });
+                let built = dist::build(&project, &dist::Options { offline: false, out_dir: Some(out), ..Default::default() });
                 reader.finish();
                 (built.map_err(|e| e.to_string()), project.fetcher().commands(), reader)
             })
@@ -111,7 +112,8 @@ fn an_empty_store_with_a_warm_cache_builds_no_step_and_needs_no_mirror() {
     drop(garage);
     let dead = cache(Endpoint { url: Some(format!("http://127.0.0.1:{}", e2e::free_port())), ..Endpoint::from_env() }, "dist", &trusted, Some(&key), false);
     let offline = Project::from_checkout().unwrap().with_cache(dead.clone());
-    dist::build(&offline, &dist::Options { offline: true, out_dir: Some(scratch.path().join("dist-down")) }).unwrap_or_else(|e| panic!("{e}"));
+    dist::build(&offline, &dist::Options { offline: true, out_dir: Some(scratch.path().join("dist-down")), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
     dead.finish();
     assert_eq!(unavailable(&dead).len(), 1, "one warning: {:#?}", dead.events());
 }

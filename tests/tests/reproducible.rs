@@ -26,7 +26,8 @@ fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_ident
     assert_eq!(imported.len(), trees.len());
 
     let out = tmp.path().join("dist");
-    let second = pipeline::dist::build(&project, &pipeline::dist::Options { offline: false, out_dir: Some(out.clone()) }).unwrap_or_else(|e| panic!("{e}"));
+    let second = pipeline::dist::build(&project, &pipeline::dist::Options { offline: false, out_dir: Some(out.clone()), ..Default::default() })
+        .unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(project.fetcher().commands(), Vec::<String>::new(), "no mirror was asked for anything");
     let origins = std::fs::read_to_string(out.join(pipeline::dist::ORIGINS_FILE)).unwrap();
     assert_eq!(origins.matches(repro::vendor::FROM_CACHE).count(), trees.len(), "{origins}");

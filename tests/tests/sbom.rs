@@ -62,7 +62,7 @@ fn sboms_validate_name_every_pin_and_relate_the_binary_to_its_sources() {
 
         let binary = package(&doc, "SPDXRef-Binary");
         assert_eq!(binary["checksums"][0]["checksumValue"], pipeline::dist::sha256_file(&root.join("sbin/nginx")).unwrap());
-        for pin in pipeline::sbom::COMPILED_PINS {
+        for pin in pipeline::sbom::compiled_pins(pipeline::Target::X86_64) {
             assert!(related(&doc, "SPDXRef-Binary", "GENERATED_FROM", &format!("SPDXRef-Source-{}", pin.replace('_', "-"))), "{pin}");
         }
         for module in ["ngx_http_lua_upstream", "ngx_http_vhost_traffic_status"] {
@@ -87,7 +87,7 @@ fn the_sbom_is_deterministic_and_changes_with_a_pin() {
     let project = pipeline::Project::from_checkout().unwrap();
     let sources = project.sources(true).unwrap();
     let binary = &dist.bundle(Strategy::Embed).binary;
-    let document = |sources: &pipeline::Sources| pipeline::sbom::document(&project, sources, "embed", binary, &dist.lua_modules);
+    let document = |sources: &pipeline::Sources| pipeline::sbom::document(&project, sources, ("embed", pipeline::Target::X86_64), binary, &dist.lua_modules);
     let original = document(&sources).unwrap();
     assert_eq!(original, fs::read(&dist.sbom(Strategy::Embed).path).unwrap(), "the same document from the same inputs");
 

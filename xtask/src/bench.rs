@@ -44,7 +44,7 @@ pub fn run(args: Args) -> Result<()> {
     here.copy_checkout(&checkout)?;
     let record = StepRecord::new();
     let project = Project::with_store(checkout.clone(), scratch.join("store"))?.recording(record.clone());
-    let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")) };
+    let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")), ..Default::default() };
 
     let timed = |label: &str| -> Result<(f64, dist::Dist)> {
         let started = Instant::now();

@@ -2,7 +2,7 @@ use std::fs;
 use std::path::PathBuf;
 
 use pipeline::lua_modules::{self, Module};
-use pipeline::{bytecode, luajit, toolchain, Project};
+use pipeline::{bytecode, luajit, toolchain, Project, Target};
 use repro::{Error, Result};
 
 #[derive(clap::Args)]
@@ -45,9 +45,9 @@ fn run_in(project: &Project, args: &Args) -> Result<()> {
     for library in lua_modules::project_libraries(project, &sources)? {
         modules.extend(lua_modules::library_modules(&library.dir)?);
     }
-    let toolchain = toolchain::build(project, &sources)?;
+    let toolchain = toolchain::build(project, &sources, Target::X86_64)?;
     let luajit = luajit::build(project, &sources, &toolchain)?;
-    let bytecode = bytecode::bytecode(project, &luajit, &modules, !args.debug)?;
+    let bytecode = bytecode::bytecode(project, (&luajit, toolchain.target), &modules, !args.debug)?;
 
     let out = args.out.clone().unwrap_or_else(|| project.root.join("target/bytecode"));
     fs::create_dir_all(&out).map_err(|e| Error::with_source(format!("cannot create {}", out.display()), e))?;

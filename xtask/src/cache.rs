@@ -207,7 +207,7 @@ fn verify(cache: &CacheArgs) -> Result<()> {
     let scratch = tempfile_dir(&project)?;
     // A scratch store without the cache: every step is built here, from the pins.
     let local = Project::with_store(project.root.clone(), scratch.join("store"))?;
-    let built = dist::build(&local, &dist::Options { offline: false, out_dir: Some(scratch.join("dist")) })?;
+    let built = dist::build(&local, &dist::Options { offline: false, out_dir: Some(scratch.join("dist")), ..Default::default() })?;
     println!("{:<20} {:<16} {:<16} {:<16} verdict", "step", "key", "cache", "local");
     let mut different = 0;
     for step in &built.steps {
@@ -247,7 +247,7 @@ pub fn bench(cache: &CacheArgs, cold: Option<f64>) -> Result<()> {
     fs::remove_dir_all(checkout.join("vendor")).map_err(|e| Error::with_source("cannot empty vendor/ of the copy", e))?;
     let (project, remote) = cache.attach(Project::with_store(checkout, scratch.join("store"))?)?;
     let started = std::time::Instant::now();
-    let built = dist::build(&project, &dist::Options { offline: false, out_dir: Some(scratch.join("dist")) });
+    let built = dist::build(&project, &dist::Options { offline: false, out_dir: Some(scratch.join("dist")), ..Default::default() });
     finish(&project, remote.as_ref())?;
     let built = built?;
     let secs = started.elapsed().as_secs_f64();

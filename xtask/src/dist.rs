@@ -1,8 +1,8 @@
 use std::path::PathBuf;
 use std::time::Instant;
 
-use pipeline::dist;
-use repro::Result;
+use pipeline::{dist, Target};
+use repro::{Error, Result};
 
 #[derive(clap::Args)]
 pub struct Args {
@@ -12,14 +12,37 @@ pub struct Args {
     /// Where to write the bundles (default: target/dist).
     #[arg(long)]
     out: Option<PathBuf>,
+    /// The machine to build for: x86_64-linux-musl (the default), aarch64-linux-musl
+    /// (cross-built; needs gcc-aarch64-linux-gnu and qemu-user-static), or `all`.
+    /// Repeat it for several.
+    #[arg(long, default_value = "x86_64-linux-musl")]
+    target: Vec<String>,
     #[command(flatten)]
     cache: crate::cache::CacheArgs,
 }
 
-/// Builds both bundles and prints what was built and what came from the store.
+/// The targets `--target` names (`all`, or triples), each once, in the order given.
+fn parse_targets(values: &[String]) -> Result<Vec<Target>> {
+    let mut targets = Vec::new();
+    for value in values {
+        let named = match value.as_str() {
+            "all" => Target::ALL.to_vec(),
+            one => vec![one.parse().map_err(|e: String| Error::new(format!("--target: {e}")))?],
+        };
+        for t in named {
+            if !targets.contains(&t) {
+                targets.push(t);
+            }
+        }
+    }
+    Ok(targets)
+}
+
+/// Builds both bundles of every target and prints what was built and what came from the store.
 pub fn run(args: Args) -> Result<()> {
     let started = Instant::now();
-    let options = dist::Options { offline: args.offline, out_dir: args.out.clone() };
+    let targets = parse_targets(&args.target)?;
+    let options = dist::Options { offline: args.offline, out_dir: args.out.clone(), targets };
     let dist = args.cache.run_with_project(|project| dist::build(project, &options))?;
     for step in &dist.steps {
         println!("{:<20} {:<7} {}", step.name, crate::cache::outcome(step), step.path.display());

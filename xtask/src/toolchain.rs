@@ -1,4 +1,4 @@
-use pipeline::{luajit, toolchain};
+use pipeline::{luajit, toolchain, Target};
 use repro::Result;
 
 #[derive(clap::Args)]
@@ -14,8 +14,8 @@ pub struct Args {
 pub fn run(args: Args) -> Result<()> {
     args.cache.run_with_project(|project| {
         let sources = project.sources(args.offline)?;
-        let tc = toolchain::build(project, &sources)?;
-        println!("toolchain {} ({})", tc.path.display(), crate::cache::outcome(&tc));
+        let tc = toolchain::build(project, &sources, Target::X86_64)?;
+        println!("toolchain {} ({})", tc.artifact.path.display(), crate::cache::outcome(&tc.artifact));
         let lj = luajit::build(project, &sources, &tc)?;
         println!("luajit    {} ({})", lj.path.display(), crate::cache::outcome(&lj));
         Ok(())

@@ -26,6 +26,8 @@ pub struct Build {
     cargo_metadata: bool,
     whole_archive: bool,
     arch: Option<Arch>,
+    runtime_library: Option<PathBuf>,
+    runner: Option<PathBuf>,
     runtime_abi: Option<RuntimeAbi>,
     require_deterministic: bool,
     preload_function: Option<String>,
@@ -103,6 +105,8 @@ impl Build {
             cargo_metadata: false,
             whole_archive: false,
             arch: None,
+            runtime_library: None,
+            runner: None,
             runtime_abi: None,
             require_deterministic: true,
             preload_function: None,
@@ -186,7 +190,23 @@ impl Build {
         self
     }
 
-    /// Object architecture; defaults to `CARGO_CFG_TARGET_ARCH`, else the host.
+    /// The LuaJIT runtime library (`libluajit-5.1.a`) the objects will be linked with. The
+    /// objects get its architecture, and a different [`Build::arch`] is refused: bytecode
+    /// objects for one machine can never end up beside another machine's runtime.
+    pub fn runtime_library(&mut self, library: impl Into<PathBuf>) -> &mut Build {
+        self.runtime_library = Some(library.into());
+        self
+    }
+
+    /// Runs the compiling luajit through `program` (e.g. `qemu-aarch64-static`), for a
+    /// luajit built for another architecture than the build machine's.
+    pub fn runner(&mut self, program: impl Into<PathBuf>) -> &mut Build {
+        self.runner = Some(program.into());
+        self
+    }
+
+    /// Object architecture; defaults to the [`Build::runtime_library`]'s, else
+    /// `CARGO_CFG_TARGET_ARCH`, else the host.
     pub fn arch(&mut self, arch: Arch) -> &mut Build {
         self.arch = Some(arch);
         self
@@ -304,6 +324,13 @@ impl Build {
     }
 
     fn resolve_arch(&self) -> Result<Arch, Error> {
+        if let Some(library) = &self.runtime_library {
+            let runtime = library_arch(library)?;
+            return match self.arch {
+                Some(objects) if objects != runtime => Err(Error::ArchMismatch { objects, runtime, library: library.clone() }),
+                _ => Ok(runtime),
+            };
+        }
         if let Some(a) = self.arch {
             return Ok(a);
         }
@@ -369,6 +396,9 @@ impl Build {
         let mut lj = Luajit::new(exe);
         if let Some(p) = &self.lua_path {
             lj = lj.lua_path(p.clone());
+        }
+        if let Some(r) = &self.runner {
+            lj = lj.runner(r.clone());
         }
         Ok(lj)
     }
@@ -515,6 +545,34 @@ fn remove_stale_objects(dir: &Path, modules: &[ModuleArtifact]) -> Result<(), Er
         }
     }
     Ok(())
+}
+
+/// The machine of the first object in a static library. Read from the ELF header's bytes:
+/// archive members are only 2-byte aligned, which a zero-copy ELF parser refuses.
+fn library_arch(library: &Path) -> Result<Arch, Error> {
+    use object::read::archive::ArchiveFile;
+    let bytes = fs::read(library).map_err(|e| Error::io("read the runtime library", library, e))?;
+    let bad = |why: String| {
+        Error::Config(format!("runtime library {}: {why}; give the LuaJIT static library (libluajit-5.1.a) the objects are linked with", library.display()))
+    };
+    let archive = ArchiveFile::parse(&*bytes).map_err(|e| bad(format!("not a static library ({e})")))?;
+    for member in archive.members() {
+        let member = member.map_err(|e| bad(format!("unreadable member ({e})")))?;
+        let Ok(data) = member.data(&*bytes) else { continue };
+        if data.len() < 20 || &data[..4] != b"\x7fELF" {
+            continue;
+        }
+        let machine = match data[5] {
+            object::elf::ELFDATA2MSB => u16::from_be_bytes([data[18], data[19]]),
+            _ => u16::from_le_bytes([data[18], data[19]]),
+        };
+        return match machine {
+            object::elf::EM_X86_64 => Ok(Arch::X86_64),
+            object::elf::EM_AARCH64 => Ok(Arch::Aarch64),
+            other => Err(bad(format!("its objects are for ELF machine {other}, which luabc writes no objects for"))),
+        };
+    }
+    Err(bad("it holds no ELF object".into()))
 }
 
 /// The manifest: a header comment, then one tab-separated line per module:

@@ -27,6 +27,8 @@ pub enum Error {
     BadHeader(String),
     /// Bytecode that the target runtime would refuse to load.
     AbiMismatch { what: String, bytecode: String, runtime: String },
+    /// Objects requested for one machine, linked with a runtime library of another.
+    ArchMismatch { objects: crate::Arch, runtime: crate::Arch, library: PathBuf },
     /// The luajit used for compiling does not produce reproducible bytecode.
     NonDeterministic { luajit: PathBuf },
     /// The generated preload registration C file failed to compile.
@@ -74,6 +76,11 @@ impl fmt::Display for Error {
             Error::AbiMismatch { what, bytecode, runtime } => write!(
                 f,
                 "bytecode would not load on the target LuaJIT: {what} is {bytecode} in the bytecode but the runtime expects {runtime}; compile with a luajit built like the runtime (same version and GC64 setting)"
+            ),
+            Error::ArchMismatch { objects, runtime, library } => write!(
+                f,
+                "bytecode objects for {objects:?} cannot be linked with the {runtime:?} LuaJIT runtime {}: leave Build::arch unset to follow the runtime library, or give the runtime of the machine the program is for",
+                library.display()
             ),
             Error::NonDeterministic { luajit } => write!(
                 f,

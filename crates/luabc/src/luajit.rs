@@ -16,6 +16,7 @@ use crate::{Error, ModuleName};
 pub struct Luajit {
     exe: PathBuf,
     lua_path: Option<OsString>,
+    runner: Option<PathBuf>,
 }
 
 /// Facts about a `luajit` executable, see [`Luajit::probe`].
@@ -60,7 +61,14 @@ io.write(jit.version, "\n", jit.arch, "\n", jit.os, "\n", pcall(require, "ffi") 
 impl Luajit {
     /// `exe` is a path to the executable, or a bare name looked up on `PATH`.
     pub fn new(exe: impl Into<PathBuf>) -> Luajit {
-        Luajit { exe: exe.into(), lua_path: None }
+        Luajit { exe: exe.into(), lua_path: None, runner: None }
+    }
+
+    /// Runs the executable through `program` (an emulator such as `qemu-aarch64-static`),
+    /// for a luajit built for another machine.
+    pub fn runner(mut self, program: impl Into<PathBuf>) -> Luajit {
+        self.runner = Some(program.into());
+        self
     }
 
     /// Where LuaJIT's `jit/*.lua` library is: either a `LUA_PATH` value (anything
@@ -118,7 +126,15 @@ impl Luajit {
     }
 
     fn command(&self) -> Result<Command, Error> {
-        let mut cmd = Command::new(self.resolve_exe()?);
+        let exe = self.resolve_exe()?;
+        let mut cmd = match &self.runner {
+            Some(runner) => {
+                let mut cmd = Command::new(runner);
+                cmd.arg(exe);
+                cmd
+            }
+            None => Command::new(exe),
+        };
         cmd.env_clear();
         if let Some(p) = self.resolve_lua_path()? {
             cmd.env("LUA_PATH", p);

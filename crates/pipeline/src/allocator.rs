@@ -9,6 +9,7 @@
 use repro::{Result, Step};
 
 use crate::project::Sources;
+use crate::target::Target;
 
 /// Where the step mounts mimalloc's source.
 const SOURCE: &str = "mimalloc";
@@ -16,7 +17,7 @@ const GLUE: &str = include_str!("../../../toolchain/allocator/malloc.c");
 
 /// The flags of mimalloc's own release build (CMake, `MI_OVERRIDE=ON`): overriding the
 /// standard entry points, hidden internals, initial-exec TLS (the binary is static, so no
-/// dynamic TLS is ever needed), and no assertions. The baseline stays portable x86-64.
+/// dynamic TLS is ever needed), and no assertions. The baseline stays portable (x86-64, ARMv8-A).
 pub const CFLAGS: [&str; 9] = [
     "-O3",
     "-fPIE",
@@ -31,9 +32,9 @@ pub const CFLAGS: [&str; 9] = [
 
 /// Adds mimalloc's source and the commands compiling `{out}/lib/malloc.o` to the toolchain
 /// step; they must run after musl is installed into `{out}` (they use its headers).
-pub fn add_to_toolchain(step: Step, sources: &Sources) -> Result<Step> {
+pub fn add_to_toolchain(step: Step, sources: &Sources, target: Target) -> Result<Step> {
     let mimalloc = sources.get("mimalloc")?;
-    let mut compile: Vec<String> = vec![crate::toolchain::CC.into()];
+    let mut compile: Vec<String> = vec![target.cc().into()];
     compile.extend(CFLAGS.iter().map(|f| f.to_string()));
     compile.extend([
         format!("-I../{SOURCE}/include"),

@@ -19,8 +19,10 @@ pub mod provenance;
 pub mod sbom;
 pub mod step_record;
 pub mod strategy;
+pub mod target;
 pub mod toolchain;
 
 pub use project::{Project, Source, Sources, CACHE_ENV};
 pub use step_record::StepRecord;
 pub use strategy::Strategy;
+pub use target::Target;

@@ -7,7 +7,8 @@ use repro::store::{build_path, out_path};
 use repro::{Artifact, Result};
 
 use crate::project::{Project, RunIn, Sources};
-use crate::toolchain;
+use crate::target::Target;
+use crate::toolchain::{self, Toolchain};
 
 /// As OpenResty builds it; the fixed PREFIX keeps the build directory out of the compiled-in
 /// default search path.
@@ -15,15 +16,23 @@ const XCFLAGS: &str = "-DLUAJIT_ENABLE_LUA52COMPAT";
 pub const PREFIX: &str = "/usr/local";
 const DETERMINISTIC_XCFLAGS: &str = " -DLUAJIT_TEST_FIXED_ORDER=1 -DLUAJIT_SECURITY_STRID=0 -DLUAJIT_SECURITY_STRHASH=0 -DLUAJIT_SECURITY_PRNG=0";
 
-pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
+/// Builds LuaJIT for the toolchain's target. A cross build is the one LuaJIT documents: the
+/// host gcc compiles the build tools (minilua, buildvm) and `CROSS` names the target's compiler
+/// and binutils (the toolchain's `aarch64-linux-musl-gcc`, `-ar`, …); GC64 is the default on
+/// both x86_64 and arm64, so bytecode has the same format on both.
+pub fn build(project: &Project, sources: &Sources, toolchain: &Toolchain) -> Result<Artifact> {
     let luajit = sources.get("luajit")?;
-    let make_vars = |target: &str, extra_xcflags: &str| -> Vec<String> {
+    let compiler = match toolchain.target {
+        Target::X86_64 => format!("CC={}", toolchain::CC),
+        cross => format!("CROSS={}", cross.cc().trim_end_matches("gcc")),
+    };
+    let make_vars = |make_target: &str, extra_xcflags: &str| -> Vec<String> {
         vec![
             "make".into(),
-            target.into(),
+            make_target.into(),
             "-j2".into(),
             format!("PREFIX={PREFIX}"),
-            format!("CC={}", toolchain::CC),
+            compiler.clone(),
             "HOST_CC=gcc".into(),
             "BUILDMODE=static".into(),
             "Q=".into(),

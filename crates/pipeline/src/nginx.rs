@@ -12,11 +12,13 @@ use repro::store::out_path;
 use repro::{Artifact, Result, TreeHash};
 
 use crate::project::{Project, RunIn, Sources};
+use crate::target::Target;
+use crate::toolchain::Toolchain;
 use crate::{luajit, openssl, pcre, toolchain};
 
 /// The built libraries nginx compiles and links against.
 pub struct Libraries<'a> {
-    pub toolchain: &'a Artifact,
+    pub toolchain: &'a Toolchain,
     pub luajit: &'a Artifact,
     pub openssl: &'a Artifact,
     pub pcre: &'a Artifact,
@@ -35,8 +37,9 @@ const LINK_EXTRA: &str = "link/extra.args";
 /// The bytecode step's output, in the embed relink.
 const BYTECODE: &str = "bytecode";
 
-/// The configure arguments, shared by both strategies.
-pub fn configure_args(project_modules: &[String]) -> Vec<String> {
+/// The configure arguments, shared by both strategies. A cross build names the machine
+/// (`--crossbuild`), which nginx otherwise takes from `uname -m` for its CPU-specific choices.
+pub fn configure_args(project_modules: &[String], target: Target) -> Vec<String> {
     let mut args: Vec<String> = [
         "--with-threads",
         "--with-file-aio",
@@ -70,7 +73,26 @@ pub fn configure_args(project_modules: &[String]) -> Vec<String> {
     );
     // After lua-nginx-module: they include its API header.
     args.extend(project_modules.iter().map(|m| format!("--add-module=../modules/{m}")));
+    if target != Target::X86_64 {
+        args.insert(0, format!("--crossbuild=Linux::{}", target.machine()));
+    }
     args
+}
+
+/// nginx's configure runs the programs it compiles (type sizes, endianness, feature tests such
+/// as lua-nginx-module's). For a cross target these edits to its scripts run them through the
+/// target's runner explicitly, the only places `auto/` executes `$NGX_AUTOTEST`.
+fn run_autotests_with(runner: &str) -> Vec<String> {
+    let mut sed = vec!["sed".to_owned(), "-i".to_owned()];
+    for (from, to) in [
+        ("/bin/sh -c \\$NGX_AUTOTEST", format!("/bin/sh -c \"{runner} $NGX_AUTOTEST\"")),
+        ("`\\$NGX_AUTOTEST`", format!("`{runner} $NGX_AUTOTEST`")),
+        ("if \\$NGX_AUTOTEST >", format!("if {runner} $NGX_AUTOTEST >")),
+    ] {
+        sed.extend(["-e".to_owned(), format!("s|{from}|{to}|g")]);
+    }
+    sed.extend(["auto/feature", "auto/types/sizeof", "auto/endianness"].map(String::from));
+    sed
 }
 
 /// The project's C modules (directories under `modules/` holding a `config`), sorted.
@@ -101,14 +123,18 @@ pub fn compile(project: &Project, sources: &Sources, libraries: &Libraries) -> R
     for (name, tree) in &modules {
         step = step.source(format!("modules/{name}"), project.root.join("modules").join(name), *tree);
     }
+    let target = libraries.toolchain.target;
+    if let Some(runner) = target.runner() {
+        step = step.command("nginx", run_autotests_with(runner));
+    }
     let mut configure = vec!["./configure".to_string()];
-    configure.extend(configure_args(&names));
+    configure.extend(configure_args(&names, target));
     step.command("nginx", configure)
         .command("nginx", ["make", "-j2"])
         .command(".", ["mkdir".to_owned(), "-p".to_owned(), out_path(TREE), out_path("sbin")])
         .command(".", ["cp", "-a", "nginx", "lua-nginx-module", "ngx_devel_kit", "zlib", "modules", &out_path(TREE)])
         .command(".", ["cp".to_owned(), "nginx/objs/nginx".to_owned(), out_path(BINARY)])
-        .command(".", ["strip".to_owned(), "--strip-all".to_owned(), out_path(BINARY)])
+        .command(".", [target.binutil("strip"), "--strip-all".to_owned(), out_path(BINARY)])
         .run_in(project)
 }
 
@@ -131,7 +157,7 @@ pub fn link_embedded(project: &Project, compiled: &Artifact, libraries: &Librari
         .command("nginx", ["make", "-f", "objs/Makefile", "objs/nginx"])
         .command(".", ["mkdir".to_owned(), "-p".to_owned(), out_path("sbin")])
         .command(".", ["cp".to_owned(), "nginx/objs/nginx".to_owned(), out_path(BINARY)])
-        .command(".", ["strip".to_owned(), "--strip-all".to_owned(), out_path(BINARY)])
+        .command(".", [libraries.toolchain.target.binutil("strip"), "--strip-all".to_owned(), out_path(BINARY)])
         .run_in(project)
 }
 

@@ -22,8 +22,9 @@ use sha2::Digest;
 
 use crate::outputs::write_atomic;
 use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
-use crate::provenance::{PROJECT, TARGET};
+use crate::provenance::PROJECT;
 use crate::strategy::Strategy;
+use crate::target::Target;
 
 /// Where the bundle lives in the image. Not versioned, so configurations mounted or copied
 /// into derived images keep their paths across upgrades.
@@ -49,14 +50,15 @@ const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
 #[derive(Clone, Debug)]
 pub struct Image {
     pub strategy: Strategy,
+    pub target: Target,
     pub archive: PathBuf,
     /// `sha256:…` of the manifest: the image's digest as registries and `skopeo` show it.
     pub digest: String,
 }
 
-/// The image's file name: `static-nginx-<version>-<strategy>-x86_64-linux-musl.oci.tar`.
-pub fn file_name(strategy: &str) -> String {
-    format!("{PROJECT}-{}-{strategy}-{TARGET}.oci.tar", env!("CARGO_PKG_VERSION"))
+/// The image's file name: `static-nginx-<version>-<strategy>-<target>.oci.tar`.
+pub fn file_name(strategy: &str, target: Target) -> String {
+    format!("{PROJECT}-{}-{strategy}-{target}.oci.tar", env!("CARGO_PKG_VERSION"))
 }
 
 /// The entrypoint: nginx in the foreground with the bundle's prefix, reporting errors that
@@ -73,11 +75,18 @@ pub fn cmd() -> Vec<String> {
 
 /// Builds the image of one bundle as a store step (so a no-op `dist` rewrites nothing) and
 /// copies it into `out_dir`. `bundle` is the bundle step, holding `<bundle_name>.tar.gz`.
-pub fn write_image(project: &Project, sources: &Sources, out_dir: &Path, strategy: Strategy, bundle: &Artifact, licenses: &str) -> Result<(Image, Artifact)> {
+pub fn write_image(
+    project: &Project,
+    sources: &Sources,
+    out_dir: &Path,
+    (strategy, target): (Strategy, Target),
+    bundle: &Artifact,
+    licenses: &str,
+) -> Result<(Image, Artifact)> {
     let ca = sources.get("ca-certificates")?;
-    let name = file_name(strategy.name());
-    let bundle_name = crate::bundle::name(strategy);
-    let step = Step::new(format!("image-{strategy}"))
+    let name = file_name(strategy.name(), target);
+    let bundle_name = crate::bundle::name(strategy, target);
+    let step = Step::new(target.step_name(&format!("image-{strategy}")))
         .input("SOURCE_DATE_EPOCH", SOURCE_DATE_EPOCH)
         // The code below is the recipe: any change to it makes a new image.
         .code(repro::code_id!("src/oci.rs"))
@@ -92,7 +101,7 @@ pub fn write_image(project: &Project, sources: &Sources, out_dir: &Path, strateg
         repro::archive::unpack(&build.join("bundle").join(format!("{bundle_name}.tar.gz")), &unpacked)?;
         let base = base_layer(&build.join("ca-certificates"))?;
         let app = bundle_layer(&unpacked.join(&bundle_name))?;
-        let layout = layout(strategy.name(), &licenses, &[base, app], mtime)?;
+        let layout = layout((strategy.name(), target), &licenses, &[base, app], mtime)?;
         let blobs = layout.blobs.iter().map(|(digest, bytes)| (format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")), bytes.clone()));
         let mut archive = Layer::default();
         archive.dir("blobs", 0o755, 0);
@@ -107,12 +116,12 @@ pub fn write_image(project: &Project, sources: &Sources, out_dir: &Path, strateg
     })?;
     let archive = out_dir.join(&name);
     if project.is_planning() {
-        return Ok((Image { strategy, archive, digest: String::new() }, artifact));
+        return Ok((Image { strategy, target, archive, digest: String::new() }, artifact));
     }
     let bytes = fs::read(artifact.path.join(&name)).map_err(|e| Error::with_source(format!("cannot read {}", artifact.path.join(&name).display()), e))?;
     write_atomic(&archive, &bytes)?;
     let digest = fs::read_to_string(artifact.path.join("digest")).map_err(|e| Error::with_source("cannot read the image digest", e))?;
-    Ok((Image { strategy, archive, digest }, artifact))
+    Ok((Image { strategy, target, archive, digest }, artifact))
 }
 
 /// A compressed layer: its bytes and the digest of the uncompressed tar (the config's diff_id).
@@ -209,7 +218,7 @@ struct Layout {
     digest: String,
 }
 
-fn layout(strategy: &str, licenses: &str, layers: &[Blob], mtime: u64) -> Result<Layout> {
+fn layout((strategy, target): (&str, Target), licenses: &str, layers: &[Blob], mtime: u64) -> Result<Layout> {
     let created = rfc3339(mtime);
     let version = env!("CARGO_PKG_VERSION");
     let source = match env!("CARGO_PKG_REPOSITORY") {
@@ -217,7 +226,7 @@ fn layout(strategy: &str, licenses: &str, layers: &[Blob], mtime: u64) -> Result
         url => url,
     };
     let config = json!({
-        "architecture": "amd64",
+        "architecture": target.oci_architecture(),
         "os": "linux",
         "created": created,
         "config": {
@@ -258,7 +267,7 @@ fn layout(strategy: &str, licenses: &str, layers: &[Blob], mtime: u64) -> Result
     let manifest = add(to_json(&manifest)?, MEDIA_MANIFEST);
     let digest = manifest["digest"].as_str().unwrap().to_owned();
     let mut entry = manifest;
-    entry["platform"] = json!({ "architecture": "amd64", "os": "linux" });
+    entry["platform"] = json!({ "architecture": target.oci_architecture(), "os": "linux" });
     entry["annotations"] = json!({ "org.opencontainers.image.ref.name": format!("{version}-{strategy}") });
     let index = json!({ "schemaVersion": 2, "mediaType": MEDIA_INDEX, "manifests": [entry] });
     Ok(Layout { index: to_json(&index)?, blobs, digest })

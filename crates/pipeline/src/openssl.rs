@@ -4,7 +4,7 @@ use repro::store::out_path;
 use repro::{Artifact, Result};
 
 use crate::project::{Project, RunIn, Sources};
-use crate::toolchain;
+use crate::toolchain::{self, Toolchain};
 
 /// Where the libraries and headers land inside the step's output.
 pub const PREFIX: &str = "usr/local/ssl";
@@ -20,7 +20,7 @@ pub fn lib_dir(mount: &str) -> String {
     format!("../{mount}/{PREFIX}/lib")
 }
 
-pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Result<Artifact> {
+pub fn build(project: &Project, sources: &Sources, toolchain: &Toolchain) -> Result<Artifact> {
     let openssl = sources.get("openssl")?;
     toolchain::step_with_toolchain("openssl", project, toolchain)
         .source("openssl", openssl.path(), openssl.pin.tree)
@@ -29,7 +29,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
             [
                 "perl",
                 "./Configure",
-                "linux-x86_64",
+                toolchain.target.openssl(),
                 "no-shared",
                 "no-tests",
                 "no-afalgeng",
@@ -38,7 +38,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Artifact) -> Resu
                 &format!("--prefix=/{PREFIX}"),
                 "--openssldir=/etc/ssl",
                 "--libdir=lib",
-                &format!("CC={}", toolchain::CC),
+                &format!("CC={}", toolchain.target.cc()),
                 "CFLAGS=-O2 -fPIE -fstack-protector-strong",
             ],
         )

@@ -5,6 +5,7 @@ use std::path::{Path, PathBuf};
 use repro::{vendor, Artifact, Fetcher, Lockfile, Pin, Result, SourceCache, Step, Store, Verified};
 
 use crate::step_record::StepRecord;
+use crate::target::Target;
 
 /// Overrides the store's location (default: the per-user cache directory).
 pub const STORE_ENV: &str = "STATIC_NGINX_STORE";
@@ -79,22 +80,29 @@ impl Project {
     pub fn require_tools(&self) -> Result<&str> {
         self.tool_versions
             .get_or_init(|| {
-                let mut lines = Vec::new();
-                for tool in HOST_TOOLS {
-                    let output = duct::cmd(*tool, ["--version"]).stderr_null().stdout_capture().unchecked().run();
-                    let version = match output {
-                        Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_owned(),
-                        _ => String::new(),
-                    };
-                    if version.is_empty() {
-                        return Err(format!("the host tool `{tool}` is missing or does not answer `{tool} --version`: the build needs {}; install it (on Debian: apt-get install gcc binutils make perl)", HOST_TOOLS.join(", ")));
-                    }
-                    lines.push(format!("{tool}: {version}"));
-                }
-                Ok(lines.join("\n"))
+                tool_version_lines(HOST_TOOLS).map_err(|tool| {
+                    format!("the host tool `{tool}` is missing or does not answer `{tool} --version`: the build needs {}; install it (on Debian: apt-get install gcc binutils make perl)", HOST_TOOLS.join(", "))
+                })
             })
             .as_deref()
             .map_err(|e| repro::Error::new(e.clone()))
+    }
+
+    /// The versions of the tools a cross build for `target` runs besides the host tools (see
+    /// [`Target::cross_tools`]): part of the keys of that target's steps.
+    pub fn require_cross_tools(&self, target: Target) -> Result<String> {
+        tool_version_lines(target.cross_tools()).map_err(|tool| {
+            repro::Error::new(format!(
+                "`{tool}` is missing or does not answer `{tool} --version`: building for {target} needs {}; install them (on Debian: apt-get install gcc-aarch64-linux-gnu qemu-user-static)",
+                target.cross_tools().join(", ")
+            ))
+        })
+    }
+
+    /// [`Project::require_cross_tools`] for recipes, which run after the target's toolchain
+    /// step has checked them.
+    pub fn cross_tool_versions(&self, target: Target) -> String {
+        self.require_cross_tools(target).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// [`Project::require_tools`] for recipes, which run after a build's first step has
@@ -170,6 +178,24 @@ impl Project {
     }
 }
 
+/// `tool: <first line of tool --version>` for each tool, one per line, or the first tool that
+/// is missing or does not answer.
+fn tool_version_lines(tools: &[&str]) -> std::result::Result<String, String> {
+    let mut lines = Vec::new();
+    for tool in tools {
+        let output = duct::cmd(*tool, ["--version"]).stderr_null().stdout_capture().unchecked().run();
+        let version = match output {
+            Ok(out) if out.status.success() => String::from_utf8_lossy(&out.stdout).lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or("").to_owned(),
+            _ => String::new(),
+        };
+        if version.is_empty() {
+            return Err(tool.to_string());
+        }
+        lines.push(format!("{tool}: {version}"));
+    }
+    Ok(lines.join("\n"))
+}
+
 /// A pinned source, verified on disk.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -188,6 +214,12 @@ impl Source {
 pub struct Sources(pub Vec<Source>);
 
 impl Sources {
+    /// The sources `target`'s build uses: without the pins only other targets build with.
+    pub fn for_target(&self, target: Target) -> Sources {
+        let foreign = target.foreign_pins();
+        Sources(self.0.iter().filter(|s| !foreign.contains(&s.pin.name.as_str())).cloned().collect())
+    }
+
     pub fn get(&self, name: &str) -> Result<&Source> {
         self.0.iter().find(|s| s.pin.name == name).ok_or_else(|| repro::Error::new(format!("lockfiles/sources.toml has no pin named {name:?}")))
     }

@@ -9,21 +9,21 @@ use crate::lua_modules::Module;
 use crate::nginx;
 use crate::project::{Project, Sources, SOURCE_DATE_EPOCH};
 use crate::strategy::Strategy;
+use crate::target::Target;
 
 pub const PROJECT: &str = "static-nginx";
-pub const TARGET: &str = "x86_64-linux-musl";
 
 /// The file name of the origins record written beside the tarballs.
 pub const ORIGINS_FILE: &str = "SOURCE-ORIGINS.toml";
 
-pub fn provenance(project: &Project, sources: &Sources, strategy: Strategy, modules: &[Module], steps: &[Artifact]) -> Result<String> {
+pub fn provenance(project: &Project, sources: &Sources, (strategy, target): (Strategy, Target), modules: &[Module], steps: &[Artifact]) -> Result<String> {
     let mut doc = DocumentMut::new();
     doc.decor_mut().set_prefix("# How this bundle was built: every input, by hash.\n\n");
     let mut bundle = Table::new();
     bundle.insert("project", value(PROJECT));
     bundle.insert("version", value(env!("CARGO_PKG_VERSION")));
     bundle.insert("strategy", value(strategy.name()));
-    bundle.insert("target", value(TARGET));
+    bundle.insert("target", value(target.triple()));
     bundle.insert("source_date_epoch", value(SOURCE_DATE_EPOCH.parse::<i64>().expect("SOURCE_DATE_EPOCH is a number")));
     doc.insert("bundle", Item::Table(bundle));
 
@@ -43,11 +43,20 @@ pub fn provenance(project: &Project, sources: &Sources, strategy: Strategy, modu
             tools.insert(tool, value(version));
         }
     }
+    if target != Target::X86_64 {
+        let mut cross = Table::new();
+        for line in project.cross_tool_versions(target).lines() {
+            if let Some((tool, version)) = line.split_once(": ") {
+                cross.insert(tool, value(version));
+            }
+        }
+        doc.insert("cross_tools", Item::Table(cross));
+    }
     doc.insert("tools", Item::Table(tools));
 
     let module_dirs: Vec<String> = nginx::project_modules(project)?.into_iter().map(|(n, _)| n).collect();
     let mut nginx_table = Table::new();
-    nginx_table.insert("configure", value(multiline(nginx::configure_args(&module_dirs))));
+    nginx_table.insert("configure", value(multiline(nginx::configure_args(&module_dirs, target))));
     doc.insert("nginx", Item::Table(nginx_table));
 
     let mut lua = Table::new();

@@ -17,14 +17,18 @@ use crate::nginx;
 use crate::oci;
 use crate::outputs::{sha256_file, write_atomic};
 use crate::project::{Project, Source, Sources, SOURCE_DATE_EPOCH};
-use crate::provenance::{PROJECT, TARGET};
+use crate::provenance::PROJECT;
 use crate::strategy::Strategy;
+use crate::target::Target;
 
 /// The SBOM's name inside a bundle (beside `PROVENANCE.toml`).
 pub const FILE_IN_BUNDLE: &str = "SBOM.spdx.json";
 
-/// The pins whose code `sbin/nginx` is compiled from (the libc and kernel headers included).
-pub const COMPILED_PINS: [&str; 9] = ["musl", "linux-headers", "luajit", "openssl", "pcre", "zlib", "nginx", "ngx_devel_kit", "lua-nginx-module"];
+/// The pins whose code `target`'s `sbin/nginx` is compiled from (the libc and kernel headers
+/// included).
+pub fn compiled_pins(target: Target) -> [&'static str; 9] {
+    ["musl", target.kernel_headers().pin, "luajit", "openssl", "pcre", "zlib", "nginx", "ngx_devel_kit", "lua-nginx-module"]
+}
 
 /// The project's own license, which its modules carry.
 const PROJECT_LICENSE: &str = env!("CARGO_PKG_LICENSE");
@@ -33,27 +37,39 @@ const PROJECT_LICENSE: &str = env!("CARGO_PKG_LICENSE");
 #[derive(Clone, Debug)]
 pub struct Sbom {
     pub strategy: Strategy,
+    pub target: Target,
     pub path: PathBuf,
 }
 
-/// `static-nginx-<version>-<strategy>-x86_64-linux-musl.spdx.json`
-pub fn file_name(strategy: &str) -> String {
-    format!("{}.spdx.json", bundle_name(strategy))
+/// `static-nginx-<version>-<strategy>-<target>.spdx.json`
+pub fn file_name(strategy: &str, target: Target) -> String {
+    format!("{}.spdx.json", bundle_name(strategy, target))
 }
 
-fn bundle_name(strategy: &str) -> String {
-    format!("{PROJECT}-{}-{strategy}-{TARGET}", env!("CARGO_PKG_VERSION"))
+fn bundle_name(strategy: &str, target: Target) -> String {
+    format!("{PROJECT}-{}-{strategy}-{target}", env!("CARGO_PKG_VERSION"))
 }
 
 /// Writes the SBOM of one bundle as a store step and copies it into `out_dir` (unless the
 /// project only plans); the bundle carries the same document. The step's key covers the whole
 /// document but the binary's SHA256, which it reads from the binary it depends on.
-pub fn write(project: &Project, sources: &Sources, out_dir: &Path, strategy: Strategy, binary: &Artifact, modules: &[Module]) -> Result<(Sbom, Artifact)> {
-    let name = file_name(strategy.name());
-    let template = document_with_binary_sha(project, sources, strategy.name(), "(read from the built binary)", modules)?;
-    let step = Step::new(format!("sbom-{strategy}")).code(repro::code_id!("src/sbom.rs")).dep("nginx", binary).file("template.spdx.json", template, false);
+pub fn write(
+    project: &Project,
+    sources: &Sources,
+    out_dir: &Path,
+    (strategy, target): (Strategy, Target),
+    binary: &Artifact,
+    modules: &[Module],
+) -> Result<(Sbom, Artifact)> {
+    let name = file_name(strategy.name(), target);
+    let template = document_with_binary_sha(project, sources, (strategy.name(), target), "(read from the built binary)", modules)?;
+    let step = Step::new(target.step_name(&format!("sbom-{strategy}"))).code(repro::code_id!("src/sbom.rs")).dep("nginx", binary).file(
+        "template.spdx.json",
+        template,
+        false,
+    );
     let artifact = project.run_with(step, |build, out| {
-        let json = document(project, sources, strategy.name(), &build.join("nginx").join(nginx::BINARY), modules)?;
+        let json = document(project, sources, (strategy.name(), target), &build.join("nginx").join(nginx::BINARY), modules)?;
         fs::write(out.join(&name), json).map_err(|e| Error::with_source(format!("cannot write {name}"), e))
     })?;
     let path = out_dir.join(&name);
@@ -61,23 +77,23 @@ pub fn write(project: &Project, sources: &Sources, out_dir: &Path, strategy: Str
         let bytes = fs::read(artifact.path.join(&name)).map_err(|e| Error::with_source(format!("cannot read {name}"), e))?;
         write_atomic(&path, &bytes)?;
     }
-    Ok((Sbom { strategy, path }, artifact))
+    Ok((Sbom { strategy, target, path }, artifact))
 }
 
 /// The SPDX 2.3 JSON document of the bundle of `strategy` whose binary is `binary`.
-pub fn document(project: &Project, sources: &Sources, strategy: &str, binary: &Path, modules: &[Module]) -> Result<Vec<u8>> {
-    document_with_binary_sha(project, sources, strategy, &sha256_file(binary)?, modules)
+pub fn document(project: &Project, sources: &Sources, release: (&str, Target), binary: &Path, modules: &[Module]) -> Result<Vec<u8>> {
+    document_with_binary_sha(project, sources, release, &sha256_file(binary)?, modules)
 }
 
-fn document_with_binary_sha(project: &Project, sources: &Sources, strategy: &str, binary_sha: &str, modules: &[Module]) -> Result<Vec<u8>> {
-    let name = bundle_name(strategy);
+fn document_with_binary_sha(project: &Project, sources: &Sources, (strategy, target): (&str, Target), binary_sha: &str, modules: &[Module]) -> Result<Vec<u8>> {
+    let name = bundle_name(strategy, target);
     let version = env!("CARGO_PKG_VERSION");
     let mut graph = Graph::default();
-    release_packages(&mut graph, &licenses(project, sources, modules)?, strategy, binary_sha);
+    release_packages(&mut graph, &licenses(project, sources, target, modules)?, (strategy, target), binary_sha);
     for source in &sources.0 {
         graph.packages.push(source_package(source)?);
     }
-    for pin in COMPILED_PINS {
+    for pin in compiled_pins(target) {
         graph.relate("SPDXRef-Binary", "GENERATED_FROM", &source_id(&sources.get(pin)?.pin.name));
     }
     if let Ok(ca) = sources.get("ca-certificates") {
@@ -122,8 +138,8 @@ impl Graph {
 }
 
 /// The bundle, its OCI image and the binary inside it.
-fn release_packages(graph: &mut Graph, licenses: &str, strategy: &str, binary_sha: &str) {
-    let name = bundle_name(strategy);
+fn release_packages(graph: &mut Graph, licenses: &str, (strategy, target): (&str, Target), binary_sha: &str) {
+    let name = bundle_name(strategy, target);
     let version = env!("CARGO_PKG_VERSION");
     graph.packages.push(json!({
         "SPDXID": "SPDXRef-Bundle",
@@ -140,9 +156,9 @@ fn release_packages(graph: &mut Graph, licenses: &str, strategy: &str, binary_sh
     }));
     graph.packages.push(json!({
         "SPDXID": "SPDXRef-Image",
-        "name": oci::file_name(strategy),
+        "name": oci::file_name(strategy, target),
         "versionInfo": version,
-        "packageFileName": oci::file_name(strategy),
+        "packageFileName": oci::file_name(strategy, target),
         "downloadLocation": "NOASSERTION",
         "filesAnalyzed": false,
         "primaryPackagePurpose": "CONTAINER",
@@ -236,9 +252,9 @@ fn lua_module_packages(graph: &mut Graph, project: &Project, sources: &Sources, 
 /// The SPDX expression of every license the bundle's contents declare (the sources compiled
 /// into the binary, the Lua modules' sources, this project's own code), for the bundle and the
 /// image's `org.opencontainers.image.licenses`.
-pub fn licenses(project: &Project, sources: &Sources, modules: &[Module]) -> Result<String> {
+pub fn licenses(project: &Project, sources: &Sources, target: Target, modules: &[Module]) -> Result<String> {
     let mut found = BTreeSet::from([PROJECT_LICENSE.to_owned()]);
-    for pin in COMPILED_PINS {
+    for pin in compiled_pins(target) {
         found.extend(declared_license(sources.get(pin)?.path()).map(|(l, _)| l));
     }
     for library in crate::lua_modules::project_libraries(project, sources)? {
