@@ -12,6 +12,8 @@ pub struct Nginx {
     pub prefix: PathBuf,
     conf: PathBuf,
     child: Option<Child>,
+    /// The emulator a foreign-architecture binary runs under (`qemu-aarch64-static`).
+    runner: Option<String>,
 }
 
 impl Nginx {
@@ -25,11 +27,32 @@ impl Nginx {
     }
 
     pub fn try_start(prefix: &Path, conf: &str, ports: &[u16]) -> Result<Nginx, String> {
+        Nginx::try_start_with(None, prefix, conf, ports)
+    }
+
+    /// [`Nginx::start`] for a binary of another architecture, run by `runner`. Worker
+    /// processes cannot be told apart under an emulator ([`Nginx::worker_pids`] finds none).
+    pub fn start_under(runner: &str, prefix: &Path, conf: &str, ports: &[u16]) -> Nginx {
+        Nginx::try_start_with(Some(runner), prefix, conf, ports).unwrap_or_else(|e| panic!("{e}"))
+    }
+
+    fn command(runner: Option<&str>, prefix: &Path) -> Command {
+        match runner {
+            Some(runner) => {
+                let mut cmd = Command::new(runner);
+                cmd.arg(prefix.join("sbin/nginx"));
+                cmd
+            }
+            None => Command::new(prefix.join("sbin/nginx")),
+        }
+    }
+
+    fn try_start_with(runner: Option<&str>, prefix: &Path, conf: &str, ports: &[u16]) -> Result<Nginx, String> {
         let conf_path = prefix.join("conf/test.conf");
         fs::create_dir_all(prefix.join("logs")).unwrap();
         fs::write(&conf_path, conf).unwrap();
         let _ = fs::remove_file(prefix.join("logs/error.log"));
-        let child = Command::new(prefix.join("sbin/nginx"))
+        let child = Nginx::command(runner, prefix)
             .arg("-p")
             .arg(prefix)
             .arg("-c")
@@ -41,7 +64,7 @@ impl Nginx {
             .stderr(Stdio::piped())
             .spawn()
             .map_err(|e| format!("cannot start {}: {e}", prefix.join("sbin/nginx").display()))?;
-        let mut nginx = Nginx { prefix: prefix.to_path_buf(), conf: conf_path, child: Some(child) };
+        let mut nginx = Nginx { prefix: prefix.to_path_buf(), conf: conf_path, child: Some(child), runner: runner.map(str::to_owned) };
         let deadline = Instant::now() + Duration::from_secs(15);
         for &port in ports {
             loop {
@@ -71,7 +94,8 @@ impl Nginx {
 
     /// Runs `sbin/nginx -p prefix -c conf -s SIGNAL`.
     pub fn signal(&self, signal: &str) {
-        let status = Command::new(self.prefix.join("sbin/nginx")).arg("-p").arg(&self.prefix).arg("-c").arg(&self.conf).arg("-s").arg(signal).status().unwrap();
+        let status =
+            Nginx::command(self.runner.as_deref(), &self.prefix).arg("-p").arg(&self.prefix).arg("-c").arg(&self.conf).arg("-s").arg(signal).status().unwrap();
         assert!(status.success(), "nginx -s {signal} failed:\n{}", self.error_log());
     }
 
