@@ -18,14 +18,15 @@ use pipeline::Target;
 
 const RUNNER: &str = "qemu-aarch64-static";
 
-/// The aarch64 dist, built (or found in the store) once per process, beside the x86_64 one.
+/// The dist of every target (`--target all`), built (or found in the store) once per process,
+/// in a directory of its own so the x86_64-only dist of the other tests stays as it is.
 fn dist() -> &'static Dist {
     static DIST: OnceLock<Dist> = OnceLock::new();
     DIST.get_or_init(|| {
         let project = pipeline::Project::from_checkout().expect("open the project");
-        let out_dir = project.root.join("target/e2e-dist-aarch64");
-        let options = Options { out_dir: Some(out_dir), targets: vec![Target::Aarch64], ..Options::default() };
-        pipeline::dist::build(&project, &options).unwrap_or_else(|e| panic!("cargo xtask dist --target aarch64-linux-musl failed:\n{e}"))
+        let out_dir = project.root.join("target/e2e-dist-all");
+        let options = Options { out_dir: Some(out_dir), targets: Target::ALL.to_vec(), ..Options::default() };
+        pipeline::dist::build(&project, &options).unwrap_or_else(|e| panic!("cargo xtask dist --target all failed:\n{e}"))
     })
 }
 
@@ -94,6 +95,37 @@ fn the_aarch64_bundles_are_named_summed_and_only_lualib_ships_lua_files() {
             Strategy::Lualib => {
                 assert!(root.join("lualib/resty/upstream/healthcheck.lua").is_file() && root.join("lualib/resty/core.lua").is_file(), "{lua:?}")
             }
+        }
+    }
+}
+
+fn skopeo(args: &[&str]) -> Json {
+    let out = Command::new("skopeo").args(args).output().expect("run skopeo (apt-get install skopeo)");
+    assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    Json::parse(&String::from_utf8_lossy(&out.stdout))
+}
+
+#[test]
+fn the_multi_architecture_image_gives_each_machine_the_manifest_of_its_own_image() {
+    let sums = fs::read_to_string(&dist().sha256sums).unwrap();
+    for strategy in Strategy::ALL {
+        let index = dist().image_indexes.iter().find(|i| i.strategy == strategy).expect("an image index per strategy");
+        let name = index.archive.file_name().unwrap().to_string_lossy().into_owned();
+        assert_eq!(name, format!("static-nginx-{}-{strategy}.oci.tar", env!("CARGO_PKG_VERSION")));
+        assert!(sums.contains(&format!("{}  {name}\n", pipeline::dist::sha256_file(&index.archive).unwrap())), "{sums}");
+        let archive = format!("oci-archive:{}", index.archive.display());
+        let list = skopeo(&["inspect", "--raw", &archive]);
+        assert_eq!(list.get("mediaType").str(), "application/vnd.oci.image.index.v1+json");
+        let manifests = list.get("manifests").arr();
+        assert_eq!(manifests.len(), Target::ALL.len(), "{list:?}");
+        for target in Target::ALL {
+            let image = dist().images.iter().find(|i| i.strategy == strategy && i.target == target).unwrap();
+            let arch = target.oci_architecture();
+            let entry =
+                manifests.iter().find(|m| m.get("platform").get("architecture").str() == arch).unwrap_or_else(|| panic!("no {arch} manifest: {list:?}"));
+            assert_eq!(entry.get("digest").str(), image.digest, "{strategy} {target}: the same manifest as the single-architecture image");
+            let config = skopeo(&["inspect", "--config", "--override-arch", arch, "--override-os", "linux", &archive]);
+            assert_eq!(config.get("architecture").str(), arch);
         }
     }
 }

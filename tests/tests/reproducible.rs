@@ -1,14 +1,16 @@
 //! Two checkouts in different directories, each with its own empty store, produce the same
-//! tarball, image and SBOM bytes, although the second gets its sources from an imported export
-//! rather than a mirror. This is a second cold build: it takes minutes.
+//! tarball, image and SBOM bytes for every target, although the second gets its sources from an
+//! imported export rather than a mirror. This is a second cold build of both targets: it takes
+//! minutes.
 
 use e2e::temp_dir;
 
 #[test]
 fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_identical_tarballs_images_and_sboms() {
-    let first = e2e::dist();
     let here = pipeline::Project::from_checkout().unwrap();
     let tmp = temp_dir("reproducible");
+    let every_target = |out: std::path::PathBuf| pipeline::dist::Options { out_dir: Some(out), targets: pipeline::Target::ALL.to_vec(), ..Default::default() };
+    let first = pipeline::dist::build(&here, &every_target(tmp.path().join("first"))).unwrap_or_else(|e| panic!("{e}"));
     let export = tmp.path().join("sources.tar");
     let trees: Vec<_> = here.lockfile().unwrap().pins().unwrap().iter().map(|p| p.tree).collect();
     here.fetcher().source_cache().unwrap().export(&trees, &export).unwrap_or_else(|e| panic!("{e}"));
@@ -26,15 +28,16 @@ fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_ident
     assert_eq!(imported.len(), trees.len());
 
     let out = tmp.path().join("dist");
-    let second = pipeline::dist::build(&project, &pipeline::dist::Options { offline: false, out_dir: Some(out.clone()), ..Default::default() })
-        .unwrap_or_else(|e| panic!("{e}"));
+    let second = pipeline::dist::build(&project, &every_target(out.clone())).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(project.fetcher().commands(), Vec::<String>::new(), "no mirror was asked for anything");
     let origins = std::fs::read_to_string(out.join(pipeline::dist::ORIGINS_FILE)).unwrap();
     assert_eq!(origins.matches(repro::vendor::FROM_CACHE).count(), trees.len(), "{origins}");
 
     assert!(second.steps.iter().all(|s| s.built), "the second build shares nothing with the first");
-    for strategy in pipeline::Strategy::ALL {
-        let (a, b) = (first.bundle(strategy), second.bundle(strategy));
+    assert_eq!(first.bundles.len(), 2 * pipeline::Target::ALL.len());
+    for (a, b) in first.bundles.iter().zip(&second.bundles) {
+        let strategy = format!("{} {}", a.target, a.strategy);
+        assert_eq!((a.target, a.strategy), (b.target, b.strategy));
         let sha = |p: &std::path::Path| pipeline::dist::sha256_file(p).unwrap();
         assert_eq!(sha(&a.binary), sha(&b.binary), "{strategy} binary: {} vs {}", a.binary.display(), b.binary.display());
         assert_eq!(sha(&a.tarball), sha(&b.tarball), "{strategy} tarball");
@@ -43,11 +46,13 @@ fn a_second_checkout_with_its_own_store_and_only_imported_sources_produces_ident
             assert!(!binary.windows(path.len()).any(|w| w == path.as_bytes()), "{strategy} binary names {path}");
         }
     }
-    for strategy in pipeline::Strategy::ALL {
-        let (a, b) = (first.image(strategy), second.image(strategy));
-        assert_eq!(a.digest, b.digest, "{strategy} image digest");
-        assert_eq!(std::fs::read(&a.archive).unwrap(), std::fs::read(&b.archive).unwrap(), "{strategy} image archive");
-        assert_eq!(std::fs::read(&first.sbom(strategy).path).unwrap(), std::fs::read(&second.sbom(strategy).path).unwrap(), "{strategy} SBOM");
+    for (a, b) in first.images.iter().zip(&second.images) {
+        let image = format!("{} {}", a.target, a.strategy);
+        assert_eq!(a.digest, b.digest, "{image} image digest");
+        assert_eq!(std::fs::read(&a.archive).unwrap(), std::fs::read(&b.archive).unwrap(), "{image} image archive");
+    }
+    for (a, b) in first.sboms.iter().zip(&second.sboms) {
+        assert_eq!(std::fs::read(&a.path).unwrap(), std::fs::read(&b.path).unwrap(), "{} {} SBOM", a.target, a.strategy);
     }
     assert_eq!(std::fs::read_to_string(&first.sha256sums).unwrap(), std::fs::read_to_string(&second.sha256sums).unwrap());
 }

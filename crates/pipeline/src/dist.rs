@@ -16,7 +16,7 @@ pub use crate::provenance::{ORIGINS_FILE, PROJECT};
 use crate::step_record::StepRecord;
 pub use crate::strategy::Strategy;
 pub use crate::target::Target;
-use crate::{bytecode, luajit, nginx, oci, openssl, pcre, provenance, sbom, toolchain};
+use crate::{bytecode, luajit, nginx, oci, oci_index, openssl, pcre, provenance, sbom, toolchain};
 
 #[derive(Clone, Debug)]
 pub struct Options {
@@ -44,6 +44,8 @@ pub struct Dist {
     pub steps: Vec<Artifact>,
     pub lua_modules: Vec<Module>,
     pub images: Vec<oci::Image>,
+    /// With more than one target: per strategy, the image of every target in one layout.
+    pub image_indexes: Vec<oci_index::ImageIndex>,
     pub sboms: Vec<sbom::Sbom>,
 }
 
@@ -108,6 +110,7 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     let mut steps = Vec::new();
     let mut bundles = Vec::new();
     let (mut images, mut sboms) = (Vec::new(), Vec::new());
+    let mut image_steps = Vec::new();
     for target in &built {
         let sources = &target.sources;
         let licenses = sbom::licenses(project, sources, target.target, &modules)?;
@@ -122,7 +125,8 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
             let contents = Contents { sources, modules: &modules, steps: &target.steps, sbom: &sbom_step };
             let bundle = bundle::write(project, release, binary, &contents, &out_dir)?;
             let (image, image_step) = oci::write_image(project, sources, &out_dir, release, &bundle.step, &licenses)?;
-            bundle_steps.extend([sbom_step, bundle.step.clone(), image_step]);
+            bundle_steps.extend([sbom_step, bundle.step.clone(), image_step.clone()]);
+            image_steps.push(image_step);
             bundles.push(bundle);
             images.push(image);
             sboms.push(sbom);
@@ -130,18 +134,32 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
         steps.extend(target.steps.iter().cloned());
         steps.extend(bundle_steps);
     }
+    let mut image_indexes = Vec::new();
+    if built.len() > 1 {
+        for strategy in Strategy::ALL {
+            let parts: Vec<_> = images.iter().zip(&image_steps).filter(|(i, _)| i.strategy == strategy).collect();
+            let (index, step) = oci_index::write(project, &out_dir, strategy, &parts)?;
+            image_indexes.push(index);
+            steps.push(step);
+        }
+    }
     if project.is_planning() {
-        return Ok(Dist { bundles, sha256sums: out_dir.join("SHA256SUMS"), steps, lua_modules: modules, images, sboms });
+        return Ok(Dist { bundles, sha256sums: out_dir.join("SHA256SUMS"), steps, lua_modules: modules, images, image_indexes, sboms });
     }
     let mut sums = String::new();
-    let files = bundles.iter().map(|b| &b.tarball).chain(images.iter().map(|i| &i.archive)).chain(sboms.iter().map(|s| &s.path));
+    let files = bundles
+        .iter()
+        .map(|b| &b.tarball)
+        .chain(images.iter().map(|i| &i.archive))
+        .chain(image_indexes.iter().map(|i| &i.archive))
+        .chain(sboms.iter().map(|s| &s.path));
     for file in files {
         let _ = writeln!(sums, "{}  {}", sha256_file(file)?, file.file_name().unwrap().to_string_lossy());
     }
     let sha256sums = out_dir.join("SHA256SUMS");
     write_atomic(&sha256sums, sums.as_bytes())?;
     write_atomic(&out_dir.join(ORIGINS_FILE), provenance::source_origins(&all_sources).as_bytes())?;
-    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, sboms })
+    Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, image_indexes, sboms })
 }
 
 /// Every step of a dist of `project`'s checkout with its derivation, in the order a build runs

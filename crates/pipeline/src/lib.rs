@@ -11,6 +11,7 @@ pub mod lua_modules;
 pub mod luajit;
 pub mod nginx;
 pub mod oci;
+pub mod oci_index;
 pub mod openssl;
 pub mod outputs;
 pub mod pcre;

@@ -41,7 +41,7 @@ pub const CA_BUNDLE: &str = "etc/ssl/certs/ca-certificates.crt";
 /// the container runs as that user.
 const WRITABLE_DIRS: [&str; 6] = ["logs", "client_body_temp", "proxy_temp", "fastcgi_temp", "uwsgi_temp", "scgi_temp"];
 
-const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+pub(crate) const MEDIA_INDEX: &str = "application/vnd.oci.image.index.v1+json";
 const MEDIA_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 const MEDIA_CONFIG: &str = "application/vnd.oci.image.config.v1+json";
 const MEDIA_LAYER: &str = "application/vnd.oci.image.layer.v1.tar+gzip";
@@ -102,16 +102,7 @@ pub fn write_image(
         let base = base_layer(&build.join("ca-certificates"))?;
         let app = bundle_layer(&unpacked.join(&bundle_name))?;
         let layout = layout((strategy.name(), target), &licenses, &[base, app], mtime)?;
-        let blobs = layout.blobs.iter().map(|(digest, bytes)| (format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")), bytes.clone()));
-        let mut archive = Layer::default();
-        archive.dir("blobs", 0o755, 0);
-        archive.dir("blobs/sha256", 0o755, 0);
-        for (path, bytes) in blobs {
-            archive.file(&path, bytes, 0o644, 0);
-        }
-        archive.file("index.json", layout.index, 0o644, 0);
-        archive.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(), 0o644, 0);
-        write_file(&out.join(&name), &archive.tar(mtime)?)?;
+        write_file(&out.join(&name), &layout_archive(&layout.blobs, layout.index, mtime)?)?;
         write_file(&out.join("digest"), layout.digest.as_bytes())
     })?;
     let archive = out_dir.join(&name);
@@ -122,6 +113,19 @@ pub fn write_image(
     write_atomic(&archive, &bytes)?;
     let digest = fs::read_to_string(artifact.path.join("digest")).map_err(|e| Error::with_source("cannot read the image digest", e))?;
     Ok((Image { strategy, target, archive, digest }, artifact))
+}
+
+/// An OCI image layout as one tar: `oci-layout`, `index.json` and every blob by digest.
+pub(crate) fn layout_archive(blobs: &BTreeMap<String, Vec<u8>>, index: Vec<u8>, mtime: u64) -> Result<Vec<u8>> {
+    let mut archive = Layer::default();
+    archive.dir("blobs", 0o755, 0);
+    archive.dir("blobs/sha256", 0o755, 0);
+    for (digest, bytes) in blobs {
+        archive.file(&format!("blobs/sha256/{}", digest.trim_start_matches("sha256:")), bytes.clone(), 0o644, 0);
+    }
+    archive.file("index.json", index, 0o644, 0);
+    archive.file("oci-layout", br#"{"imageLayoutVersion":"1.0.0"}"#.to_vec(), 0o644, 0);
+    archive.tar(mtime)
 }
 
 /// A compressed layer: its bytes and the digest of the uncompressed tar (the config's diff_id).
@@ -273,7 +277,7 @@ fn layout((strategy, target): (&str, Target), licenses: &str, layers: &[Blob], m
     Ok(Layout { index: to_json(&index)?, blobs, digest })
 }
 
-fn to_json(value: &Value) -> Result<Vec<u8>> {
+pub(crate) fn to_json(value: &Value) -> Result<Vec<u8>> {
     serde_json::to_vec(value).map_err(|e| Error::new(format!("cannot serialise the image JSON: {e}")))
 }
 
@@ -362,7 +366,7 @@ impl Layer {
     }
 }
 
-fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
+pub(crate) fn write_file(path: &Path, bytes: &[u8]) -> Result<()> {
     fs::write(path, bytes).map_err(|e| Error::with_source(format!("cannot write {}", path.display()), e))
 }
 
