@@ -99,6 +99,26 @@ fn the_aarch64_bundles_are_named_summed_and_only_lualib_ships_lua_files() {
     }
 }
 
+#[test]
+fn the_aarch64_sboms_validate_and_relate_the_binary_to_the_arm64_kernel_headers() {
+    for sbom in dist().sboms.iter().filter(|s| s.target == Target::Aarch64) {
+        let out = Command::new("pyspdxtools").arg("-i").arg(&sbom.path).output().expect("run pyspdxtools (pip install spdx-tools)");
+        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success() && !text.contains("invalid"), "pyspdxtools -i {}:\n{text}", sbom.path.display());
+        let doc = Json::parse(&fs::read_to_string(&sbom.path).unwrap());
+        let names: Vec<&str> = doc.get("packages").arr().iter().map(|p| p.get("name").str()).collect();
+        assert!(names.contains(&"linux-headers-arm64") && !names.contains(&"linux-headers"), "{names:?}");
+        let generated_from = |id: &str| {
+            doc.get("relationships").arr().iter().any(|r| {
+                r.get("spdxElementId").str() == "SPDXRef-Binary"
+                    && r.get("relationshipType").str() == "GENERATED_FROM"
+                    && r.get("relatedSpdxElement").str() == id
+            })
+        };
+        assert!(generated_from("SPDXRef-Source-linux-headers-arm64"), "{} {}", sbom.target, sbom.strategy);
+    }
+}
+
 fn skopeo(args: &[&str]) -> Json {
     let out = Command::new("skopeo").args(args).output().expect("run skopeo (apt-get install skopeo)");
     assert!(out.status.success(), "skopeo {args:?}: {}", String::from_utf8_lossy(&out.stderr));
