@@ -23,7 +23,7 @@ const DETERMINISTIC_XCFLAGS: &str = " -DLUAJIT_TEST_FIXED_ORDER=1 -DLUAJIT_SECUR
 pub fn build(project: &Project, sources: &Sources, toolchain: &Toolchain) -> Result<Artifact> {
     let luajit = sources.get("luajit")?;
     let compiler = match toolchain.target {
-        Target::X86_64 => format!("CC={}", toolchain::CC),
+        Target::X86_64 => format!("CC={}", Target::X86_64.cc()),
         cross => format!("CROSS={}", cross.cc().trim_end_matches("gcc")),
     };
     let make_vars = |make_target: &str, extra_xcflags: &str| -> Vec<String> {

@@ -16,8 +16,6 @@ use crate::target::Target;
 
 /// Where a step mounts the toolchain, relative to its build directory.
 pub const MOUNT: &str = "toolchain";
-/// The x86_64 compiler command configure scripts get (found on the step's PATH).
-pub const CC: &str = "x86_64-linux-musl-gcc";
 /// In the toolchain's output: the kernel headers, and the support libraries (and allocator).
 pub const KERNEL_HEADERS: &str = "kernel-headers";
 pub const LIB: &str = "lib";
@@ -90,7 +88,7 @@ pub fn build(project: &Project, sources: &Sources, target: Target) -> Result<Too
     let step = match target {
         Target::X86_64 => step.file("string/memory.c", MEMORY_FUNCTIONS, false).command(
             "string",
-            [CC].into_iter().chain(MEMORY_FUNCTIONS_CFLAGS).chain(["-c", "memory.c", "-o"]).map(String::from).chain([out_path(&format!("{LIB}/memory.o"))]),
+            [cc].into_iter().chain(MEMORY_FUNCTIONS_CFLAGS).chain(["-c", "memory.c", "-o"]).map(String::from).chain([out_path(&format!("{LIB}/memory.o"))]),
         ),
         Target::Aarch64 => step,
     };
