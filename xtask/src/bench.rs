@@ -18,6 +18,9 @@ pub struct Args {
     /// The cold local build's wall time to print beside the warm-cache one.
     #[arg(long, value_name = "SECONDS", requires = "cache")]
     cold: Option<f64>,
+    /// The build times of these targets' dist (as `dist --target`).
+    #[arg(long, default_value = "x86_64-linux-musl")]
+    target: Vec<String>,
 }
 
 /// Times a cold `dist` (empty store), a no-op `dist`, and `dist` after one `.lua` file changed,
@@ -44,7 +47,7 @@ pub fn run(args: Args) -> Result<()> {
     here.copy_checkout(&checkout)?;
     let record = StepRecord::new();
     let project = Project::with_store(checkout.clone(), scratch.join("store"))?.recording(record.clone());
-    let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")), ..Default::default() };
+    let options = dist::Options { offline: true, out_dir: Some(scratch.join("dist")), targets: crate::dist::parse_targets(&args.target)? };
 
     let timed = |label: &str| -> Result<(f64, dist::Dist)> {
         let started = Instant::now();
@@ -75,7 +78,7 @@ pub fn run(args: Args) -> Result<()> {
     println!("|---|---|");
     for b in &cold_dist.bundles {
         let size = fs::metadata(&b.binary).map(|m| m.len()).unwrap_or(0);
-        println!("| {} sbin/nginx | {:.2} MiB ({size} bytes) |", b.strategy, size as f64 / 1048576.0);
+        println!("| {} {} sbin/nginx | {:.2} MiB ({size} bytes) |", b.target, b.strategy, size as f64 / 1048576.0);
     }
     let _ = fs::remove_dir_all(scratch.join("store"));
     Ok(())
@@ -109,9 +112,9 @@ fn floor(steps: &[(repro::Step, repro::Artifact)], dir: &std::path::Path, bundle
             pipeline::Strategy::Embed => "nginx-embed",
             pipeline::Strategy::Lualib => "nginx",
         };
-        let scripted = fs::read(dir.join("out").join(step).join("sbin/nginx")).unwrap_or_default();
+        let scripted = fs::read(dir.join("out").join(bundle.target.step_name(step)).join("sbin/nginx")).unwrap_or_default();
         if scripted != fs::read(&bundle.binary).unwrap_or_default() {
-            return Err(Error::new(format!("the plain script built a different {} binary", bundle.strategy)));
+            return Err(Error::new(format!("the plain script built a different {} {} binary", bundle.target, bundle.strategy)));
         }
     }
     Ok(secs)

@@ -22,7 +22,7 @@ pub struct Args {
 }
 
 /// The targets `--target` names (`all`, or triples), each once, in the order given.
-fn parse_targets(values: &[String]) -> Result<Vec<Target>> {
+pub(crate) fn parse_targets(values: &[String]) -> Result<Vec<Target>> {
     let mut targets = Vec::new();
     for value in values {
         let named = match value.as_str() {
