@@ -704,6 +704,58 @@ esac
         path
     }
 
+    /// A static library holding one object for `arch`, after a member of odd length (so the
+    /// object is not 8-byte aligned in the archive, as in real libraries).
+    fn runtime_library_for(dir: &Path, arch: Arch) -> PathBuf {
+        let object = elf_object("luaJIT_BC_runtime", b"\x1bLJ\x02\x0a\x00", arch).unwrap();
+        let members = [
+            ArchiveMember { name: "odd.txt".into(), data: b"odd".to_vec(), symbols: vec![] },
+            ArchiveMember { name: "lj_vm.o".into(), data: object, symbols: vec!["luaJIT_BC_runtime".into()] },
+        ];
+        let path = dir.join(format!("libluajit-{arch:?}.a"));
+        fs::write(&path, write_archive(&members)).unwrap();
+        path
+    }
+
+    #[cfg(unix)]
+    #[test]
+    fn objects_follow_the_runtime_library_and_a_different_arch_is_refused() {
+        use std::os::unix::fs::PermissionsExt;
+        let root = tmp("runtime-arch");
+        let lj = fake_luajit(&root, false);
+        touch(&root, "m.lua");
+        let aarch64 = runtime_library_for(&root, Arch::Aarch64);
+        let build = |out: &Path| {
+            let mut b = Build::new();
+            b.luajit(&lj).lua_path("/fake/src/?.lua").module("m", root.join("m.lua")).runtime_library(&aarch64).out_dir(out);
+            b
+        };
+
+        let refused = root.join("refused");
+        let e = build(&refused).arch(Arch::X86_64).try_compile("m").unwrap_err();
+        assert!(matches!(e, Error::ArchMismatch { objects: Arch::X86_64, runtime: Arch::Aarch64, .. }), "{e}");
+        assert!(e.to_string().contains("libluajit-Aarch64.a"), "{e}");
+        assert!(!refused.exists(), "nothing is written for a refused build");
+
+        let arts = build(&root.join("followed")).try_objects().unwrap();
+        let object = fs::read(&arts.modules[0].object).unwrap();
+        assert_eq!(u16::from_le_bytes([object[18], object[19]]), object::elf::EM_AARCH64);
+
+        let not_a_library = root.join("m.lua");
+        let e = Build::new().luajit(&lj).module("m", root.join("m.lua")).runtime_library(&not_a_library).out_dir(root.join("x")).try_objects().unwrap_err();
+        assert!(e.to_string().contains("m.lua") && e.to_string().contains("not a static library"), "{e}");
+
+        // A runner is given the luajit and its arguments, in the same cleared environment.
+        let seen = root.join("runner-saw");
+        let runner = root.join("runner");
+        fs::write(&runner, format!("#!/bin/sh\necho \"$1\" >> {}\nexec \"$@\"\n", seen.display())).unwrap();
+        fs::set_permissions(&runner, fs::Permissions::from_mode(0o755)).unwrap();
+        build(&root.join("run")).runner(&runner).try_objects().unwrap();
+        let calls = fs::read_to_string(&seen).unwrap();
+        assert!(!calls.is_empty() && calls.lines().all(|l| l == lj.display().to_string()), "{calls}");
+        fs::remove_dir_all(root).unwrap();
+    }
+
     #[cfg(unix)]
     #[test]
     fn build_with_fake_luajit() {
