@@ -37,6 +37,11 @@
 //! symbols (`-Wl,-E`). [`RuntimeAbi`] checks catch dump-format and GC64 mismatches,
 //! not different LuaJIT commits: compile with the LuaJIT tree you run.
 //!
+//! Cross builds: [`Build::runtime_library`] names the LuaJIT static library the objects
+//! are linked with; they are written for its machine, and an explicit [`Build::arch`] of
+//! another machine is refused ([`Error::ArchMismatch`]). A luajit built for the target runs
+//! through [`Build::runner`] (e.g. `qemu-aarch64-static`).
+//!
 //! For tools (no cargo output), [`Build::try_objects`] writes `<symbol>.o` files and
 //! a manifest ([`MANIFEST_FILE`]) to a directory. The pieces are usable on their own:
 //! [`module_name_from_path`], [`symbol_for_module`], [`BytecodeHeader`],
