@@ -233,6 +233,18 @@ http {{
                 ngx.say(m[1], " ", ngx.shared.cache:get("digits"), " ", ffi.C.getpid() > 0, " ", jit.arch)
             }}
         }}
+        # Lua errors unwind through libgcc, which finds the frames with libstaticpie's
+        # _dl_find_object; the mappings show whether relro.o protected the RELRO range.
+        location = /runtime {{
+            content_by_lua_block {{
+                local ok, err = pcall(error, "boom")
+                local perms = {{}}
+                for line in io.lines("/proc/self/maps") do
+                    if line:find("/sbin/nginx", 1, true) then perms[#perms + 1] = line:match("^%S+ (%S+)") end
+                end
+                ngx.say(tostring(ok), " ", err, " ", table.concat(perms, " "))
+            }}
+        }}
         location = /foo {{ proxy_pass http://foo; }}
         location = /health {{
             default_type text/plain;
@@ -259,6 +271,9 @@ http {{
     };
     let lua = get("/lua");
     assert_eq!((lua.status, lua.body.as_str()), (200, "ä 64 true arm64\n"), "{strategy}:\n{}", nginx.error_log());
+
+    let runtime = get("/runtime");
+    assert_eq!(runtime.body, "false boom r-xp r--p rw-p\n", "{strategy}: an error is caught, and text, RELRO and data are mapped apart");
 
     let peer_b = format!("127.0.0.1:{pb}");
     let status_has = |line: &str, limit: Duration| {
