@@ -2,12 +2,16 @@
 //! embed relink and the bundles, and the diff names the file; the code that runs inside a step
 //! (the tar writer, luabc's object writer) is part of that step's key and of no other.
 
-use pipeline::{dist, Project};
+use pipeline::{dist, Project, Target};
 use repro::derivation::explain_diff;
 use repro::Derivation;
 
 fn plan(project: Project) -> Vec<Derivation> {
-    dist::plan(project).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|(step, _)| step.derivation()).collect()
+    plan_for(project, &[Target::X86_64])
+}
+
+fn plan_for(project: Project, targets: &[Target]) -> Vec<Derivation> {
+    dist::plan(project, targets).unwrap_or_else(|e| panic!("{e}")).into_iter().map(|(step, _)| step.derivation()).collect()
 }
 
 fn step<'a>(plan: &'a [Derivation], name: &str) -> &'a Derivation {
@@ -55,4 +59,22 @@ fn the_code_inside_a_step_is_in_its_key_and_in_no_step_upstream() {
         );
         assert_eq!(d.code.get("repro/src/store/executor.rs"), Some(&hash("repro/src/store/executor.rs")), "{}: the executor", d.name);
     }
+}
+
+#[test]
+fn planning_aarch64_too_keeps_every_x86_64_key_and_keys_the_cross_tools_into_each_aarch64_step() {
+    let x86_64 = plan(Project::from_checkout().unwrap());
+    let all = plan_for(Project::from_checkout().unwrap(), &Target::ALL);
+    for d in &x86_64 {
+        assert_eq!(step(&all, &d.name).key(), d.key(), "{}: the x86_64 step is keyed alike whatever else is built", d.name);
+        assert!(!d.inputs.contains_key("cross tools"), "{}", d.name);
+    }
+    let aarch64: Vec<&Derivation> = all.iter().filter(|d| d.name.ends_with("-aarch64")).collect();
+    assert_eq!(aarch64.len(), x86_64.len(), "one aarch64 step per x86_64 step");
+    for name in ["toolchain", "luajit", "openssl", "pcre", "nginx", "lua-bytecode", "nginx-embed"] {
+        let d = step(&all, &format!("{name}-aarch64"));
+        let tools = d.inputs.get("cross tools").unwrap_or_else(|| panic!("{name}-aarch64 has no cross tools input"));
+        assert!(tools.contains("aarch64-linux-gnu-gcc: ") && tools.contains("qemu-aarch64-static: "), "{name}-aarch64: {tools}");
+    }
+    assert!(all.iter().any(|d| d.name == "image-index-embed") && all.iter().any(|d| d.name == "image-index-lualib"));
 }

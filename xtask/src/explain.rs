@@ -12,6 +12,9 @@ pub struct Args {
     /// of each step is compared), a `.drv` file, or a key in the current store.
     #[arg(long, num_args = 2, value_names = ["A", "B"], conflicts_with = "step")]
     diff: Option<Vec<String>>,
+    /// The targets whose steps to plan, as `dist --target`.
+    #[arg(long, default_value = "x86_64-linux-musl")]
+    target: Vec<String>,
 }
 
 pub fn run(args: Args) -> Result<()> {
@@ -19,7 +22,7 @@ pub fn run(args: Args) -> Result<()> {
     if let Some(sides) = args.diff {
         return diff(&project.store, &sides[0], &sides[1]);
     }
-    let planned = dist::plan(project)?;
+    let planned = dist::plan(project, &crate::dist::parse_targets(&args.target)?)?;
     match args.step {
         None => {
             for (step, artifact) in &planned {

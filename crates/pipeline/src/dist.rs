@@ -162,11 +162,11 @@ pub fn build(project: &Project, options: &Options) -> Result<Dist> {
     Ok(Dist { bundles, sha256sums, steps, lua_modules: modules, images, image_indexes, sboms })
 }
 
-/// Every step of a dist of `project`'s checkout with its derivation, in the order a build runs
-/// them, without building anything; sources are vendored as for a build.
-pub fn plan(project: Project) -> Result<Vec<(repro::Step, Artifact)>> {
+/// Every step of a dist of `project`'s checkout for `targets` with its derivation, in the order
+/// a build runs them, without building anything; sources are vendored as for a build.
+pub fn plan(project: Project, targets: &[Target]) -> Result<Vec<(repro::Step, Artifact)>> {
     let record = StepRecord::new();
     let project = project.planning().recording(record.clone());
-    build(&project, &Options { out_dir: Some(std::env::temp_dir()), ..Options::default() })?;
+    build(&project, &Options { out_dir: Some(std::env::temp_dir()), targets: targets.to_vec(), ..Options::default() })?;
     Ok(record.steps())
 }

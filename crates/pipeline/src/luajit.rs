@@ -24,7 +24,7 @@ pub fn build(project: &Project, sources: &Sources, toolchain: &Toolchain) -> Res
     let luajit = sources.get("luajit")?;
     let compiler = match toolchain.target {
         Target::X86_64 => format!("CC={}", Target::X86_64.cc()),
-        cross => format!("CROSS={}", cross.cc().trim_end_matches("gcc")),
+        cross => format!("CROSS={}", cross.tool_prefix()),
     };
     let make_vars = |make_target: &str, extra_xcflags: &str| -> Vec<String> {
         vec![

@@ -41,6 +41,12 @@ impl Target {
         }
     }
 
+    /// The prefix of the toolchain's commands for a cross target, as autoconf's `--host` and
+    /// LuaJIT's `CROSS` expect it (`aarch64-linux-musl-`).
+    pub fn tool_prefix(self) -> String {
+        format!("{}-", self.triple())
+    }
+
     /// A binutils program for this target's objects (`ar`, `strip`, …).
     pub fn binutil(self, tool: &str) -> String {
         match self {

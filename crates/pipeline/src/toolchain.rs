@@ -122,7 +122,7 @@ pub fn with_compiler(step: Step, root: &str, target: Target) -> Step {
         .env("PATH", format!("{}:/usr/local/bin:/usr/bin:/bin", build_path("cc/bin")))
         .env("CC", target.cc());
     if target != Target::X86_64 {
-        let prefix = target.cc().trim_end_matches("gcc");
+        let prefix = target.tool_prefix();
         for tool in CROSS_BINUTILS {
             let script = format!("#!/bin/sh\nexec /usr/bin/{} \"$@\"\n", target.binutil(tool));
             step = step.template(format!("cc/bin/{prefix}{tool}"), script, true);
