@@ -146,6 +146,21 @@ fn the_multi_architecture_image_gives_each_machine_the_manifest_of_its_own_image
             assert_eq!(entry.get("digest").str(), image.digest, "{strategy} {target}: the same manifest as the single-architecture image");
             let config = skopeo(&["inspect", "--config", "--override-arch", arch, "--override-os", "linux", &archive]);
             assert_eq!(config.get("architecture").str(), arch);
+
+            // What a machine of that architecture pulls: its own nginx.
+            let tmp = temp_dir(&format!("aarch64-index-{strategy}-{arch}"));
+            let layout = format!("oci:{}:{arch}", tmp.path().join("layout").display());
+            let copied = Command::new("skopeo")
+                .args(["copy", "--quiet", "--override-arch", arch, "--override-os", "linux", &archive, &layout])
+                .status()
+                .expect("run skopeo");
+            assert!(copied.success(), "skopeo copy --override-arch {arch} {archive}");
+            let bundle = tmp.path().join("bundle");
+            let unpacked = Command::new("umoci").args(["unpack", "--image", layout.trim_start_matches("oci:")]).arg(&bundle).status().expect("run umoci");
+            assert!(unpacked.success(), "umoci unpack {layout}");
+            let nginx = fs::read(bundle.join("rootfs/opt/static-nginx/sbin/nginx")).unwrap();
+            let machine = u16::from_le_bytes([nginx[18], nginx[19]]);
+            assert_eq!(machine, if target == Target::Aarch64 { 183 } else { 62 }, "{strategy} {arch}: the image's sbin/nginx is for EM_AARCH64 or EM_X86_64");
         }
     }
 }
