@@ -32,15 +32,6 @@ impl Arch {
         }
     }
 
-    /// The architecture of an object file, if this crate writes objects for it.
-    pub fn from_object(arch: Architecture) -> Option<Arch> {
-        match arch {
-            Architecture::X86_64 => Some(Arch::X86_64),
-            Architecture::Aarch64 => Some(Arch::Aarch64),
-            _ => None,
-        }
-    }
-
     fn object_arch(self) -> Architecture {
         match self {
             Arch::X86_64 => Architecture::X86_64,

@@ -27,10 +27,8 @@ pub fn object_path(bytecode: &Artifact, symbol: &str) -> PathBuf {
 /// `@resty/upstream/healthcheck.lua`), never a build path.
 pub fn bytecode(project: &Project, (luajit, target): (&Artifact, Target), modules: &[Module], strip: bool) -> Result<Artifact> {
     let layout = luajit::Layout::new(luajit);
-    let mut step = Step::new(target.step_name("lua-bytecode")).code(repro::code_id!("src/bytecode.rs")).input("strip", strip.to_string()).dep("luajit", luajit);
-    if target != Target::X86_64 {
-        step = step.input("cross tools", project.cross_tool_versions(target));
-    }
+    let step = Step::new(target.step_name("lua-bytecode")).code(repro::code_id!("src/bytecode.rs")).input("strip", strip.to_string()).dep("luajit", luajit);
+    let mut step = project.with_cross_tools(step, target);
     for (path, source) in luabc::SOURCES {
         step = step.code(repro::CodeId::of(*path, source));
     }

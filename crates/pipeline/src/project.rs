@@ -105,6 +105,15 @@ impl Project {
         self.require_cross_tools(target).unwrap_or_else(|e| panic!("{e}"))
     }
 
+    /// `step` with the versions of `target`'s cross tools among its inputs (a native target
+    /// has none, so its keys stay as they are).
+    pub fn with_cross_tools(&self, step: Step, target: Target) -> Step {
+        if target.cross_tools().is_empty() {
+            return step;
+        }
+        step.input("cross tools", self.cross_tool_versions(target))
+    }
+
     /// [`Project::require_tools`] for recipes, which run after a build's first step has
     /// checked the tools (so this cannot fail there).
     pub fn tool_versions(&self) -> &str {

@@ -104,12 +104,10 @@ impl Target {
         }
     }
 
-    /// `uname -m` on this target, as nginx's configure names the machine.
+    /// `uname -m` on this target (the triple's first part), as nginx's configure names the
+    /// machine.
     pub fn machine(self) -> &'static str {
-        match self {
-            Target::X86_64 => "x86_64",
-            Target::Aarch64 => "aarch64",
-        }
+        self.triple().split('-').next().expect("a triple has a machine")
     }
 
     /// The OCI platform architecture.
@@ -117,14 +115,6 @@ impl Target {
         match self {
             Target::X86_64 => "amd64",
             Target::Aarch64 => "arm64",
-        }
-    }
-
-    /// The architecture luabc writes bytecode objects for.
-    pub fn luabc_arch(self) -> luabc::Arch {
-        match self {
-            Target::X86_64 => luabc::Arch::X86_64,
-            Target::Aarch64 => luabc::Arch::Aarch64,
         }
     }
 }
@@ -174,5 +164,6 @@ mod tests {
         assert_eq!(Target::X86_64.binutil("strip"), "strip");
         assert_eq!(Target::X86_64.foreign_pins(), ["linux-headers-arm64"]);
         assert_eq!(Target::Aarch64.foreign_pins(), ["linux-headers"]);
+        assert_eq!((Target::X86_64.machine(), Target::Aarch64.machine()), ("x86_64", "aarch64"));
     }
 }

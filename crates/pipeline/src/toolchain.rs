@@ -52,11 +52,10 @@ pub fn build(project: &Project, sources: &Sources, target: Target) -> Result<Too
     let musl = sources.get("musl")?;
     let kernel = target.kernel_headers();
     let headers = sources.get(kernel.pin)?;
-    let mut step = Step::new(target.step_name("toolchain")).input("tools", project.tool_versions());
-    if target != Target::X86_64 {
-        step = step.input("cross tools", project.require_cross_tools(target)?.as_str());
-    }
-    let mut step = step
+    project.require_cross_tools(target)?;
+    let step = Step::new(target.step_name("toolchain")).input("tools", project.tool_versions());
+    let mut step = project
+        .with_cross_tools(step, target)
         .input("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .source("musl", musl.path(), musl.pin.tree)
@@ -141,11 +140,9 @@ fn specs_file(target: Target) -> String {
 /// toolchain's target (see [`Target::step_name`]).
 pub fn step_with_toolchain(name: &str, project: &Project, toolchain: &Toolchain) -> Step {
     let target = toolchain.target;
-    let mut step = Step::new(target.step_name(name)).input("tools", project.tool_versions());
-    if target != Target::X86_64 {
-        step = step.input("cross tools", project.cross_tool_versions(target));
-    }
-    let step = step
+    let step = Step::new(target.step_name(name)).input("tools", project.tool_versions());
+    let step = project
+        .with_cross_tools(step, target)
         .input("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .env("SOURCE_DATE_EPOCH", crate::project::SOURCE_DATE_EPOCH)
         .dep(MOUNT, &toolchain.artifact);
