@@ -9,7 +9,8 @@
 //! Upstream peers are a third nginx (the static binary) answering from memory.
 //!
 //! Writes the table to stdout and as JSON to `target/bench/versus-debian.json`.
-//! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 3)
+//! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 4, even so
+//! that each stack goes first in half the rounds)
 //! shorten a run; `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch;
 //! `BENCH_BINARY` measures another static nginx (an older build, say) in place of the bundle's.
 
@@ -38,6 +39,13 @@ const DEBIAN_PACKAGES: [&str; 8] = [
     "libpcre3",
 ];
 const CONNECTIONS: &str = "32";
+
+/// Where each process runs, so the scheduler cannot move the front nginx between CPUs or put
+/// wrk on its CPU in one run and not the next: the measured nginx has a CPU of its own, and
+/// the load generator and the upstream peers share the other.
+const FRONT_CPU: usize = 0;
+const LOAD_CPU: usize = 1;
+const TASKSET: &str = "/usr/bin/taskset";
 
 /// One measured workload: the same request against either stack.
 struct Workload {
@@ -71,7 +79,7 @@ struct Stack {
 
 fn main() {
     let seconds: u64 = env_number("BENCH_SECONDS", 10);
-    let rounds: usize = env_number("BENCH_ROUNDS", 3) as usize;
+    let rounds: usize = env_number("BENCH_ROUNDS", 4) as usize;
     let batch: u64 = env_number("BENCH_CALLGRIND_REQUESTS", 400);
     for tool in ["wrk", "curl", "valgrind", "apt-get", "dpkg-deb"] {
         if Command::new("sh").args(["-c", "command -v \"$0\" >/dev/null", tool]).status().map(|s| !s.success()).unwrap_or(true) {
@@ -93,16 +101,22 @@ fn main() {
     fs::create_dir_all(&tls_dir).unwrap();
     tls::write_server_files(&ca, &tls_dir, &["localhost"]);
 
-    let peers = [free_port(), free_port()];
+    // Each stack proxies to its own pair of peers. A new upstream connection per request
+    // leaves a TIME_WAIT socket per request on the peer's side of the loopback 4-tuple, and a
+    // later connect() to the same peer has to search past them: shared peers would make
+    // whichever stack runs second pay for the first one's connections.
+    let peers: Vec<[u16; 2]> = (0..2).map(|_| [free_port(), free_port()]).collect();
     let backend_conf = format!(
         "worker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{}}}\n",
-        peers.iter().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
+        peers.iter().flatten().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
     );
-    let _backends = Server::start(&ours, &dir.path().join("backends"), &backend_conf, &peers, Duration::from_secs(15));
+    let all_peers: Vec<u16> = peers.iter().flatten().copied().collect();
+    let _backends = Server::start(&ours, &dir.path().join("backends"), &backend_conf, &all_peers, Duration::from_secs(15), Some(LOAD_CPU));
 
     println!("# Versus Debian 12's nginx (nginx-extras' lua module), 127.0.0.1\n");
     println!("load average at start: {}", load_average());
-    println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians\n");
+    println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians");
+    println!("front nginx on CPU {FRONT_CPU}; wrk and the upstream peers (a pair per stack) on CPU {LOAD_CPU}\n");
     let stacks = [ours, debian];
     let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
     {
@@ -111,8 +125,8 @@ fn main() {
             .enumerate()
             .map(|(i, s)| {
                 let (http, https) = (free_port(), free_port());
-                let conf = front_conf(s, http, https, &peers, &tls_dir, false);
-                (Server::start(s, &dir.path().join(format!("front-{i}")), &conf, &[http, https], Duration::from_secs(15)), http, https)
+                let conf = front_conf(s, http, https, &peers[i], &tls_dir, false);
+                (Server::start(s, &dir.path().join(format!("front-{i}")), &conf, &[http, https], Duration::from_secs(15), Some(FRONT_CPU)), http, https)
             })
             .collect();
         for round in 0..rounds {
@@ -139,7 +153,7 @@ fn main() {
     for (s, stack) in stacks.iter().enumerate() {
         for (w, workload) in WORKLOADS.iter().enumerate() {
             let prefix = dir.path().join(format!("callgrind-{s}-{w}"));
-            instructions[s][w] = instructions_per_request(stack, &prefix, workload, &peers, &tls_dir, batch);
+            instructions[s][w] = instructions_per_request(stack, &prefix, workload, &peers[s], &tls_dir, batch);
             eprintln!("callgrind {:<14} {:<60} {:>9.0} instructions/request", stack.name, workload.label, instructions[s][w]);
         }
     }
@@ -158,7 +172,7 @@ fn main() {
         String::from("| workload (ours, embed) | instructions/req without traffic status | with zone + 2 filter keys | cost |\n|---|---|---|---|\n");
     let mut vts_json = Vec::new();
     for (w, workload) in WORKLOADS.iter().enumerate().filter(|(_, w)| !w.https) {
-        let with = instructions_per_request(&counted, &dir.path().join(format!("callgrind-vts-{w}")), workload, &peers, &tls_dir, batch);
+        let with = instructions_per_request(&counted, &dir.path().join(format!("callgrind-vts-{w}")), workload, &peers[0], &tls_dir, batch);
         let without = instructions[0][w];
         let cost = (with / without - 1.0) * 100.0;
         eprintln!("callgrind {:<14} {:<60} {:>9.0} instructions/request ({cost:+.1} %)", counted.name, workload.label, with);
@@ -174,16 +188,21 @@ fn main() {
 
     let mut table = String::new();
     let mut json = String::from("{\n  \"workloads\": [\n");
-    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|");
+    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | requests per CPU-second ratio | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
     for (w, workload) in WORKLOADS.iter().enumerate() {
         let rps: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.0).collect())).collect();
         let cpu: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.1).collect())).collect();
         let faults: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.2).collect())).collect();
         let ratio = rps[0] / rps[1];
+        // What each nginx serves per second of its own CPU: with wrk on the other CPU, a
+        // workload whose client side is the heavier one (a TLS handshake verifies a signature
+        // the server only makes) caps both stacks' req/s at the client's speed, and this is
+        // the figure that still tells them apart.
+        let capacity_ratio = cpu[1] / cpu[0];
         let _ = writeln!(
             table,
-            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {:.1} / {:.1} | {:.0} / {:.0} |",
+            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {capacity_ratio:.2} | {:.1} / {:.1} | {:.0} / {:.0} |",
             workload.label,
             rps[0] / 1000.0,
             rps[1] / 1000.0,
@@ -196,7 +215,7 @@ fn main() {
         );
         let _ = writeln!(
             json,
-            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {}, \"debian_instructions_per_request\": {}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
+            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"cpu_capacity_ratio\": {capacity_ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {}, \"debian_instructions_per_request\": {}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
             workload.key,
             workload.label,
             rps[0],
@@ -312,8 +331,9 @@ struct Server {
 }
 
 impl Server {
-    fn start(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16], limit: Duration) -> Server {
-        let mut cmd = Command::new(&stack.binary);
+    /// Starts `stack`, bound to `cpu` when the machine has CPUs to spare (see [`pinned`]).
+    fn start(stack: &Stack, prefix: &Path, conf: &str, ports: &[u16], limit: Duration, cpu: Option<usize>) -> Server {
+        let mut cmd = pinned(&stack.binary, cpu);
         Server::launch(stack, prefix, conf, ports, limit, &mut cmd, None)
     }
 
@@ -437,7 +457,7 @@ fn curl(port: u16, workload: &Workload, n: u64) {
 fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f64, f64) {
     let scheme = if workload.https { "https" } else { "http" };
     let url = format!("{scheme}://127.0.0.1:{port}{}", workload.path);
-    let mut cmd = Command::new("wrk");
+    let mut cmd = pinned(Path::new("wrk"), Some(LOAD_CPU));
     cmd.args(["-t1", &format!("-c{CONNECTIONS}"), &format!("-d{seconds}s")]);
     if workload.close {
         cmd.args(["-H", "Connection: close"]);
@@ -457,6 +477,20 @@ fn wrk(server: &Server, port: u16, workload: &Workload, seconds: u64) -> (f64, f
         (rps, cpu * 1e6 / requests, faults * 1000.0 / requests)
     } else {
         (rps, 0.0, 0.0)
+    }
+}
+
+/// `program` to run on CPU `cpu` alone (through util-linux's `taskset`), or unpinned when
+/// there is no such CPU or no taskset.
+fn pinned(program: &Path, cpu: Option<usize>) -> Command {
+    let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+    match cpu {
+        Some(cpu) if cpu < cpus && cpus > 1 && Path::new(TASKSET).exists() => {
+            let mut cmd = Command::new(TASKSET);
+            cmd.args(["--cpu-list", &cpu.to_string()]).arg(program);
+            cmd
+        }
+        _ => Command::new(program),
     }
 }
 
