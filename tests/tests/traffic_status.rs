@@ -1545,6 +1545,126 @@ fn stats_by_upstream_and_average_directives() {
     }
 }
 
+/// `vhost_traffic_status_ignore_status`: requests whose status is in an ignored class are left
+/// out of the server, sum and filter zones and of the upstream peer that served them; an
+/// earlier upstream attempt with an ignored status is left out of its peer; a location's own
+/// list replaces its server's; bad classes and a second directive stop nginx with a message.
+#[test]
+fn ignore_status_leaves_those_classes_uncounted() {
+    for strategy in Strategy::ALL {
+        let (_dir, root) = bundle(strategy);
+        let (port, status_port, b1, b2) = (free_port(), free_port(), free_port(), free_port());
+        let body = format!(
+            r#"
+    vhost_traffic_status_zone;
+    upstream back {{ server 127.0.0.1:{b1}; }}
+    upstream flaky {{ server 127.0.0.1:{b2}; server 127.0.0.1:{b1}; }}
+    {backend}
+    server {{
+        listen 127.0.0.1:{b2};
+        vhost_traffic_status off;
+        access_log off;
+        location / {{ return 503; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name i.test;
+        vhost_traffic_status_ignore_status 3xx 4xx;
+        vhost_traffic_status_filter_by_set_key $uri uris::$server_name;
+        location / {{ return 200 "ok\n"; }}
+        location = /redirect {{ return 302 /; }}
+        location = /missing {{ return 404; }}
+        location = /err {{ return 500; }}
+        location = /loc/missing {{ vhost_traffic_status_ignore_status 5xx; return 404; }}
+        location = /loc/err {{ vhost_traffic_status_ignore_status 5xx; return 500; }}
+        location /up/ {{ proxy_pass http://back/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name r.test;
+        vhost_traffic_status_ignore_status 5xx;
+        location / {{ proxy_next_upstream error http_503; proxy_pass http://flaky/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name c.test;
+        location = /redirect {{ return 302 /; }}
+        location = /missing {{ return 404; }}
+    }}
+    server {{
+        listen 127.0.0.1:{status_port};
+        vhost_traffic_status off;
+        location /status {{ vhost_traffic_status_display; }}
+    }}"#,
+            backend = backend(b1)
+        );
+        let nginx = Nginx::start(&root, &conf(&body), &[port, status_port, b1, b2]);
+        let plan = [
+            ("i.test", "/", 200),
+            ("i.test", "/", 200),
+            ("i.test", "/redirect", 302),
+            ("i.test", "/missing", 404),
+            ("i.test", "/missing", 404),
+            ("i.test", "/err", 500),
+            ("i.test", "/loc/missing", 404),
+            ("i.test", "/loc/err", 500),
+            ("i.test", "/up/x", 200),
+            ("i.test", "/up/code/404", 404),
+            ("c.test", "/redirect", 302),
+            ("c.test", "/missing", 404),
+        ];
+        for (host, path, status) in plan {
+            assert_eq!(get_host(port, host, path).status, status, "{host}{path}");
+        }
+        // each worker's round robin starts at the peer that answers 503, then retries the other
+        for i in 0..4 {
+            assert_eq!(get_host(port, "r.test", &format!("/{i}")).status, 200);
+        }
+
+        let j = status_json(status_port, "/status/format/json");
+        let zones = j.get("serverZones");
+        let classes = |zone: &Json| -> Vec<u64> { ["1xx", "2xx", "3xx", "4xx", "5xx"].iter().map(|c| zone.get("responses").get(c).u64()).collect() };
+        let i = zones.get("i.test");
+        assert_eq!(i.get("requestCounter").u64(), 5, "/ x2, /err, /loc/missing, /up/x");
+        assert_eq!(classes(i), [0, 3, 0, 1, 1]);
+        assert_eq!(classes(zones.get("c.test")), [0, 0, 1, 1, 0], "a server without the directive counts every class");
+        assert_eq!(zones.get("r.test").get("requestCounter").u64(), 4);
+        assert_eq!(zones.get("*").get("requestCounter").u64(), 5 + 2 + 4, "the sum zone leaves out the same requests");
+
+        let uris = j.get("filterZones").get("uris::i.test");
+        let mut keys = uris.keys();
+        keys.sort_unstable();
+        assert_eq!(keys, ["/", "/err", "/loc/missing", "/up/x"], "filter keys of ignored requests are not created");
+        assert_eq!(uris.get("/").get("requestCounter").u64(), 2);
+
+        let peers = |group: &str| -> BTreeMap<String, u64> {
+            j.get("upstreamZones").get(group).arr().iter().map(|p| (p.get("server").str().to_string(), p.get("requestCounter").u64())).collect()
+        };
+        assert_eq!(peers("back"), BTreeMap::from([(format!("127.0.0.1:{b1}"), 1)]), "the 404 through the upstream is not counted");
+        let flaky = peers("flaky");
+        assert_eq!(flaky[&format!("127.0.0.1:{b2}")], 0, "attempts answered 503 are not counted: {flaky:?}");
+        assert_eq!(flaky[&format!("127.0.0.1:{b1}")], 4, "{flaky:?}");
+        let log = nginx.error_log();
+        assert!(log.contains("upstream server temporarily disabled"), "the 503 peer was tried:\n{log}");
+        nginx.quit();
+    }
+
+    let (_dir, root) = bundle(Strategy::Embed);
+    let port = free_port();
+    for (directive, message) in [
+        ("vhost_traffic_status_ignore_status 200;", r#"invalid status class "200""#),
+        ("vhost_traffic_status_ignore_status 6xx;", r#"invalid status class "6xx""#),
+        ("vhost_traffic_status_ignore_status 1xx; vhost_traffic_status_ignore_status 3xx;", "is duplicate"),
+    ] {
+        let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
+        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
+            Ok(_) => panic!("nginx started with {directive}"),
+            Err(e) => e,
+        };
+        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+    }
+}
+
 /// The window of one zone as JSON shows it: `(times, msecs)` of `"<what>Msecs"`, oldest first.
 fn window(zone: &Json, what: &str) -> (Vec<u64>, Vec<u64>) {
     let w = zone.get(&format!("{what}Msecs"));

@@ -24,6 +24,8 @@ static char *ngx_http_vts_filter_max_node(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static char *ngx_http_vts_histogram_buckets(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
+static char *ngx_http_vts_ignore_status(ngx_conf_t *cf,
+    ngx_command_t *cmd, void *conf);
 static char *ngx_http_vts_average_method(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_vts_preconfiguration(ngx_conf_t *cf);
@@ -179,6 +181,13 @@ static ngx_command_t  ngx_http_vts_commands[] = {
       ngx_conf_set_flag_slot,
       NGX_HTTP_LOC_CONF_OFFSET,
       offsetof(ngx_http_vts_loc_conf_t, stats_by_upstream),
+      NULL },
+
+    { ngx_string("vhost_traffic_status_ignore_status"),
+      NGX_HTTP_MAIN_CONF|NGX_HTTP_SRV_CONF|NGX_HTTP_LOC_CONF|NGX_CONF_1MORE,
+      ngx_http_vts_ignore_status,
+      NGX_HTTP_LOC_CONF_OFFSET,
+      0,
       NULL },
 
     { ngx_string("vhost_traffic_status_average_method"),
@@ -806,6 +815,16 @@ ngx_http_vts_cache_status(ngx_http_request_t *r,
 }
 
 
+/* does vhost_traffic_status_ignore_status leave this status uncounted? */
+
+static ngx_inline ngx_uint_t
+ngx_http_vts_status_ignored(ngx_http_vts_loc_conf_t *vlcf, ngx_uint_t status)
+{
+    return status >= 100 && status < 600
+           && (vlcf->ignore_status >> (status / 100 - 1)) & 1;
+}
+
+
 static ngx_int_t
 ngx_http_vts_log_handler(ngx_http_request_t *r)
 {
@@ -864,6 +883,10 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     } else {
         status = r->headers_out.status;
+    }
+
+    if (ngx_http_vts_status_ignored(vlcf, status)) {
+        return NGX_OK;
     }
 
     tp = ngx_timeofday();
@@ -1021,6 +1044,17 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
                 continue;
             }
 
+            st = state[i].status;
+
+            if (i == r->upstream_states->nelts - 1 && st == 0) {
+                /* the attempt that produced the response */
+                st = status;
+            }
+
+            if (ngx_http_vts_status_ignored(vlcf, st)) {
+                continue;
+            }
+
             plen = ngx_min(state[i].peer->len, NGX_HTTP_VTS_MAX_KEY_LEN);
             ngx_memcpy(key + glen, state[i].peer->data, plen);
 
@@ -1035,15 +1069,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
             ms = (ngx_msec_int_t) state[i].response_time;
             resp_ms = (ngx_msec_t) ngx_max(ms, 0);
 
-            st = state[i].status;
-
             if (i == r->upstream_states->nelts - 1) {
-
-                /* the attempt that produced the response */
-
-                if (st == 0) {
-                    st = status;
-                }
 
                 attempt = cn;
                 attempt.status = st;
@@ -1774,6 +1800,48 @@ ngx_http_vts_average_method(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 }
 
 
+/*
+ * vhost_traffic_status_ignore_status 1xx 3xx ...: responses of these status
+ * classes are left out of every zone, as if they had not been served.
+ */
+
+static char *
+ngx_http_vts_ignore_status(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
+{
+    ngx_http_vts_loc_conf_t *vlcf = conf;
+
+    ngx_str_t   *value;
+    ngx_uint_t   i, mask;
+
+    if (vlcf->ignore_status != NGX_CONF_UNSET_UINT) {
+        return "is duplicate";
+    }
+
+    value = cf->args->elts;
+    mask = 0;
+
+    for (i = 1; i < cf->args->nelts; i++) {
+        if (value[i].len != 3
+            || value[i].data[0] < '1' || value[i].data[0] > '5'
+            || (value[i].data[1] | 0x20) != 'x'
+            || (value[i].data[2] | 0x20) != 'x')
+        {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "invalid status class \"%V\" in \"%V\"; give "
+                               "one or more of 1xx, 2xx, 3xx, 4xx, 5xx",
+                               &value[i], &cmd->name);
+            return NGX_CONF_ERROR;
+        }
+
+        mask |= (ngx_uint_t) 1 << (value[i].data[0] - '1');
+    }
+
+    vlcf->ignore_status = mask;
+
+    return NGX_CONF_OK;
+}
+
+
 /* vhost_traffic_status_histogram_buckets 0.005 0.01 0.05 ... (seconds) */
 
 static char *
@@ -1883,6 +1951,7 @@ ngx_http_vts_create_loc_conf(ngx_conf_t *cf)
     vlcf->stats_by_upstream = NGX_CONF_UNSET;
     vlcf->average_method = NGX_CONF_UNSET_UINT;
     vlcf->average_period = NGX_CONF_UNSET_MSEC;
+    vlcf->ignore_status = NGX_CONF_UNSET_UINT;
 
     return vlcf;
 }
@@ -1920,6 +1989,7 @@ ngx_http_vts_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                               NGX_HTTP_VTS_AVERAGE_AMM);
     ngx_conf_merge_msec_value(conf->average_period, prev->average_period,
                               60000);
+    ngx_conf_merge_uint_value(conf->ignore_status, prev->ignore_status, 0);
 
     if (conf->limits == NGX_CONF_UNSET_PTR) {
         /* inherited: already made unique at its own level */

@@ -187,6 +187,7 @@ typedef struct {
     ngx_str_t                   jsonp;
     ngx_uint_t                  average_method;    /* AMM or WMA */
     ngx_msec_t                  average_period;    /* 0: every sample held */
+    ngx_uint_t                  ignore_status;     /* bit N-1: Nxx ignored */
 } ngx_http_vts_loc_conf_t;
 
 
