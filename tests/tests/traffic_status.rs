@@ -465,7 +465,9 @@ fn serving_rules_formats_and_directive_errors() {
         assert_eq!(ct("/prom/format/json"), "application/json");
         assert_eq!(ct("/page/format/prometheus"), "text/plain");
         assert_eq!(ct("/status/format/prometheus/more"), "text/plain", "the suffix may be anywhere in the URI");
-        assert!(http::get(port, "/page").body.contains("<html"));
+        let page = http::get(port, "/page").body;
+        assert!(page.contains("<html"));
+        assert!(page.contains("vhost traffic status monitor"), "the title nginx-module-vts's own suite looks for");
 
         let j = Json::parse(&http::get(port, "/status").body);
         assert_eq!(j.get("sharedZones").get("name").str(), "vhost_traffic_status", "default zone name");

@@ -15,7 +15,7 @@ static const char  ngx_http_vts_dashboard[] =
     "<!DOCTYPE html>\n"
     "<html lang=\"en\"><head><meta charset=\"utf-8\">\n"
     "<meta name=\"viewport\" content=\"width=device-width,initial-scale=1\">\n"
-    "<title>nginx traffic status</title>\n"
+    "<title>nginx vhost traffic status monitor</title>\n"
     "<style>\n"
     "body{font:13px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#1d2430}\n"
     "header{background:#1d2430;color:#fff;padding:8px 16px;display:flex;gap:24px;align-items:baseline;flex-wrap:wrap}\n"
