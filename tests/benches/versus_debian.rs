@@ -1,7 +1,9 @@
 //! The static binary (embed bundle) beside Debian 12's own nginx with its lua module, on the
 //! same configurations: requests per second and worker CPU per request with wrk, interleaved,
 //! medians and the ratio per workload; then callgrind instructions per request for each, the
-//! figure that stays stable on a shared, noisy machine.
+//! figure that stays stable on a shared, noisy machine. A third front, the static binary with
+//! the traffic status zone and two filter keys, runs in the same rounds: what traffic status
+//! costs, in req/s, CPU per request and instructions per request.
 //!
 //! Debian's nginx is never installed: its packages are fetched with `apt-get download` into
 //! `target/bench/debian-nginx/` and unpacked with `dpkg-deb -x`, and it runs from there with
@@ -96,6 +98,15 @@ fn main() {
         fs::copy(&other, root.join("sbin/nginx")).unwrap_or_else(|e| panic!("BENCH_BINARY={other}: {e}"));
     }
     let ours = Stack { name: "ours (embed)", binary: root.join("sbin/nginx"), env: vec![], main: String::new(), http: String::new() };
+    // The traffic status module as a dashboard setup uses it: the zone and two filter keys
+    // (one node per URI and one per client address).
+    let counted = Stack {
+        name: "ours + vts",
+        http: "  vhost_traffic_status_zone;\n  vhost_traffic_status_filter_by_set_key $uri uris::*;\n  \
+               vhost_traffic_status_filter_by_set_key $remote_addr clients::*;\n"
+            .into(),
+        ..ours.clone()
+    };
     let ca = TestCa::new();
     let tls_dir = dir.path().join("tls");
     fs::create_dir_all(&tls_dir).unwrap();
@@ -105,19 +116,19 @@ fn main() {
     // leaves a TIME_WAIT socket per request on the peer's side of the loopback 4-tuple, and a
     // later connect() to the same peer has to search past them: shared peers would make
     // whichever stack runs second pay for the first one's connections.
-    let peers: Vec<[u16; 2]> = (0..2).map(|_| [free_port(), free_port()]).collect();
+    let stacks = [ours, debian, counted];
+    let peers: Vec<[u16; 2]> = stacks.iter().map(|_| [free_port(), free_port()]).collect();
     let backend_conf = format!(
         "worker_processes 1;\nevents {{ worker_connections 4096; }}\nhttp {{\n  access_log off;\n  keepalive_requests 1000000;\n{}}}\n",
         peers.iter().flatten().map(|p| format!("  server {{ listen 127.0.0.1:{p} reuseport; location / {{ return 200 \"ok\\n\"; }} }}\n")).collect::<String>()
     );
     let all_peers: Vec<u16> = peers.iter().flatten().copied().collect();
-    let _backends = Server::start(&ours, &dir.path().join("backends"), &backend_conf, &all_peers, Duration::from_secs(15), Some(LOAD_CPU));
+    let _backends = Server::start(&stacks[0], &dir.path().join("backends"), &backend_conf, &all_peers, Duration::from_secs(15), Some(LOAD_CPU));
 
     println!("# Versus Debian 12's nginx (nginx-extras' lua module), 127.0.0.1\n");
     println!("load average at start: {}", load_average());
-    println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, A/B interleaved x{rounds}, medians");
+    println!("wrk -t1 -c{CONNECTIONS} -d{seconds}s, nginx worker_processes 1, stacks interleaved x{rounds}, medians");
     println!("front nginx on CPU {FRONT_CPU}; wrk and the upstream peers (a pair per stack) on CPU {LOAD_CPU}\n");
-    let stacks = [ours, debian];
     let mut runs: Vec<Vec<Vec<(f64, f64, f64)>>> = vec![vec![Vec::new(); WORKLOADS.len()]; stacks.len()];
     {
         let servers: Vec<(Server, u16, u16)> = stacks
@@ -131,8 +142,9 @@ fn main() {
             .collect();
         for round in 0..rounds {
             for (w, workload) in WORKLOADS.iter().enumerate() {
-                // Alternate which stack goes first, so neither always runs on a warmer machine.
-                let order: Vec<usize> = if round % 2 == 0 { vec![0, 1] } else { vec![1, 0] };
+                // Alternate the order of ours and Debian, so neither always runs on a warmer
+                // machine; ours with traffic status runs first or last, next to ours.
+                let order: [usize; 3] = if round % 2 == 0 { [2, 0, 1] } else { [1, 0, 2] };
                 for s in order {
                     let (server, http, https) = &servers[s];
                     let port = if workload.https { *https } else { *http };
@@ -158,31 +170,43 @@ fn main() {
         }
     }
 
-    // What the traffic status module costs the static binary: the zone and two filter keys
-    // (one node per URI and one per client address, as a dashboard setup has) against no
-    // traffic status at all, by callgrind instructions per request.
-    let counted = Stack {
-        name: "ours + vts",
-        http: "  vhost_traffic_status_zone;\n  vhost_traffic_status_filter_by_set_key $uri uris::*;\n  \
-               vhost_traffic_status_filter_by_set_key $remote_addr clients::*;\n"
-            .into(),
-        ..stacks[0].clone()
-    };
-    let mut vts_table =
-        String::from("| workload (ours, embed) | instructions/req without traffic status | with zone + 2 filter keys | cost |\n|---|---|---|---|\n");
+    // What the traffic status module costs the static binary, from the same rounds: the zone
+    // and two filter keys against no traffic status at all.
+    let mut vts_table = String::from(
+        "| workload (ours, embed) | req/s without / with traffic status | req/s change | CPU µs/req without / with | CPU change | instructions/req without / with (callgrind) | instructions change |\n|---|---|---|---|---|---|---|\n",
+    );
     let mut vts_json = Vec::new();
-    for (w, workload) in WORKLOADS.iter().enumerate().filter(|(_, w)| !w.https) {
-        let with = instructions_per_request(&counted, &dir.path().join(format!("callgrind-vts-{w}")), workload, &peers[0], &tls_dir, batch);
-        let without = instructions[0][w];
-        let cost = (with / without - 1.0) * 100.0;
-        eprintln!("callgrind {:<14} {:<60} {:>9.0} instructions/request ({cost:+.1} %)", counted.name, workload.label, with);
-        let _ = writeln!(vts_table, "| {} | {without:.0} | {with:.0} | {cost:+.1} % |", workload.label);
+    for (w, workload) in WORKLOADS.iter().enumerate() {
+        let rps = [0, 2].map(|s| median(runs[s][w].iter().map(|r| r.0).collect()));
+        let cpu = [0, 2].map(|s| median(runs[s][w].iter().map(|r| r.1).collect()));
+        let ins = [instructions[0][w], instructions[2][w]];
+        let change = |v: [f64; 2]| (v[1] / v[0] - 1.0) * 100.0;
+        let _ = writeln!(
+            vts_table,
+            "| {} | {:.1}k / {:.1}k | {:+.1} % | {:.1} / {:.1} | {:+.1} % | {:.0} / {:.0} | {:+.1} % |",
+            workload.label,
+            rps[0] / 1000.0,
+            rps[1] / 1000.0,
+            change(rps),
+            cpu[0],
+            cpu[1],
+            change(cpu),
+            ins[0],
+            ins[1],
+            change(ins)
+        );
         vts_json.push(format!(
-            "    {{ \"key\": {:?}, \"without_instructions_per_request\": {}, \"with_instructions_per_request\": {}, \"cost_percent\": {} }}",
+            "    {{ \"key\": {:?}, \"without_rps\": {:.0}, \"with_rps\": {:.0}, \"rps_change_percent\": {}, \"without_cpu_us_per_request\": {:.2}, \"with_cpu_us_per_request\": {:.2}, \"cpu_change_percent\": {}, \"without_instructions_per_request\": {}, \"with_instructions_per_request\": {}, \"cost_percent\": {} }}",
             workload.key,
-            json_number(without, 0),
-            json_number(with, 0),
-            json_number(cost, 2)
+            rps[0],
+            rps[1],
+            json_number(change(rps), 2),
+            cpu[0],
+            cpu[1],
+            json_number(change(cpu), 2),
+            json_number(ins[0], 0),
+            json_number(ins[1], 0),
+            json_number(change(ins), 2)
         ));
     }
 
