@@ -1548,9 +1548,10 @@ fn stats_by_upstream_and_average_directives() {
 }
 
 /// `vhost_traffic_status_ignore_status`: requests whose status is in an ignored class are left
-/// out of the server, sum and filter zones and of the upstream peer that served them; an
-/// earlier upstream attempt with an ignored status is left out of its peer; a location's own
-/// list replaces its server's; bad classes and a second directive stop nginx with a message.
+/// out of the server, sum and filter zones and of the upstream peer that served them; each
+/// upstream attempt is judged by its own status (an ignored 503 attempt is left out, a 503
+/// attempt before an ignored 404 still counts); a location's own list replaces its server's;
+/// bad classes and a second directive stop nginx with a message.
 #[test]
 fn ignore_status_leaves_those_classes_uncounted() {
     for strategy in Strategy::ALL {
@@ -1561,6 +1562,7 @@ fn ignore_status_leaves_those_classes_uncounted() {
     vhost_traffic_status_zone;
     upstream back {{ server 127.0.0.1:{b1}; }}
     upstream flaky {{ server 127.0.0.1:{b2}; server 127.0.0.1:{b1}; }}
+    upstream flaky4 {{ server 127.0.0.1:{b2}; server 127.0.0.1:{b1}; }}
     {backend}
     server {{
         listen 127.0.0.1:{b2};
@@ -1586,6 +1588,12 @@ fn ignore_status_leaves_those_classes_uncounted() {
         server_name r.test;
         vhost_traffic_status_ignore_status 5xx;
         location / {{ proxy_next_upstream error http_503; proxy_pass http://flaky/; }}
+    }}
+    server {{
+        listen 127.0.0.1:{port};
+        server_name f.test;
+        vhost_traffic_status_ignore_status 4xx;
+        location / {{ proxy_next_upstream error http_503; proxy_pass http://flaky4/; }}
     }}
     server {{
         listen 127.0.0.1:{port};
@@ -1621,6 +1629,8 @@ fn ignore_status_leaves_those_classes_uncounted() {
         // each worker's round robin starts at the peer that answers 503, then retries the other
         for i in 0..4 {
             assert_eq!(get_host(port, "r.test", &format!("/{i}")).status, 200);
+            // the same start through another group: 503 there, then the other peer's 404
+            assert_eq!(get_host(port, "f.test", "/code/404").status, 404);
         }
 
         let j = status_json(status_port, "/status/format/json");
@@ -1646,6 +1656,10 @@ fn ignore_status_leaves_those_classes_uncounted() {
         let flaky = peers("flaky");
         assert_eq!(flaky[&format!("127.0.0.1:{b2}")], 0, "attempts answered 503 are not counted: {flaky:?}");
         assert_eq!(flaky[&format!("127.0.0.1:{b1}")], 4, "{flaky:?}");
+        let flaky4 = peers("flaky4");
+        assert_eq!(flaky4[&format!("127.0.0.1:{b1}")], 0, "the 404 attempts are ignored: {flaky4:?}");
+        assert!((1..=2).contains(&flaky4[&format!("127.0.0.1:{b2}")]), "a 503 attempt before an ignored 404 counts: {flaky4:?}");
+        assert!(zones.try_get("f.test").is_none(), "no f.test request was counted");
         let log = nginx.error_log();
         assert!(log.contains("upstream server temporarily disabled"), "the 503 peer was tried:\n{log}");
         nginx.quit();

@@ -833,6 +833,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     u_char                        *key;
     ngx_str_t                      host, group;
     ngx_uint_t                     i, first, status, st, kind, full;
+    ngx_uint_t                     ignored;
     ngx_msec_t                     req_ms, resp_ms;
     ngx_http_vts_count_t           cn, attempt;
     ngx_time_t                    *tp;
@@ -885,9 +886,11 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         status = r->headers_out.status;
     }
 
-    if (ngx_http_vts_status_ignored(vlcf, status)) {
-        return NGX_OK;
-    }
+    /*
+     * an ignored status leaves the request out of its server, sum, filter
+     * and cache zones; each upstream attempt is judged by its own status
+     */
+    ignored = ngx_http_vts_status_ignored(vlcf, status);
 
     tp = ngx_timeofday();
     ms = (ngx_msec_int_t) ((tp->sec - r->start_sec) * 1000
@@ -904,7 +907,9 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
     nfk = 0;
     fk = NULL;
 
-    if (vlcf->filter && vlcf->filters != NULL && vlcf->filters->nelts) {
+    if (!ignored
+        && vlcf->filter && vlcf->filters != NULL && vlcf->filters->nelts)
+    {
         fdef = vlcf->filters->elts;
 
         fk = ngx_pnalloc(r->pool,
@@ -959,6 +964,10 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         }
     }
 
+    if (ignored && key == NULL) {
+        return NGX_OK;
+    }
+
     full = 0;
 
     ngx_memzero(&cn, sizeof(ngx_http_vts_count_t));
@@ -972,25 +981,29 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
 
     ngx_shmtx_lock(&ctx->shpool->mutex);
 
-    vn = ngx_http_vts_node_get_remembered_locked(ctx, NGX_HTTP_VTS_KIND_SERVER,
-                                                 host.data, host.len, 0,
-                                                 vlcf);
-    if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
+    if (!ignored) {
+        vn = ngx_http_vts_node_get_remembered_locked(ctx,
+                                                     NGX_HTTP_VTS_KIND_SERVER,
+                                                     host.data, host.len, 0,
+                                                     vlcf);
+        if (vn != NULL) {
+            ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
-    } else {
-        full = 1;
-    }
+        } else {
+            full = 1;
+        }
 
-    vn = ngx_http_vts_node_get_remembered_locked(ctx, NGX_HTTP_VTS_KIND_SUM,
+        vn = ngx_http_vts_node_get_remembered_locked(ctx,
+                                             NGX_HTTP_VTS_KIND_SUM,
                                              (u_char *) NGX_HTTP_VTS_SUM_KEY,
                                              sizeof(NGX_HTTP_VTS_SUM_KEY) - 1,
                                              0, vmcf);
-    if (vn != NULL) {
-        ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
+        if (vn != NULL) {
+            ngx_http_vts_count(&vn->counters, vlcf->buckets, &cn);
 
-    } else {
-        full = 1;
+        } else {
+            full = 1;
+        }
     }
 
     for (i = 0; i < nfk; i++) {
@@ -1091,7 +1104,7 @@ ngx_http_vts_log_handler(ngx_http_request_t *r)
         }
     }
 
-    if (cache.name.len) {
+    if (!ignored && cache.name.len) {
         vn = ngx_http_vts_node_get_locked(ctx, NGX_HTTP_VTS_KIND_CACHE,
                                           cache.name.data, cache.name.len, 0);
         if (vn != NULL) {
