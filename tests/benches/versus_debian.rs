@@ -48,6 +48,8 @@ const CONNECTIONS: &str = "32";
 const FRONT_CPU: usize = 0;
 const LOAD_CPU: usize = 1;
 const TASKSET: &str = "/usr/bin/taskset";
+/// A front worker busier than this (percent of its CPU) was the bottleneck of its run.
+const SATURATED_PERCENT: f64 = 90.0;
 
 /// One measured workload: the same request against either stack.
 struct Workload {
@@ -212,8 +214,9 @@ fn main() {
 
     let mut table = String::new();
     let mut json = String::from("{\n  \"workloads\": [\n");
-    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | requests per CPU-second ratio | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
-    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|");
+    let _ = writeln!(table, "| workload | ours req/s | Debian req/s | ratio | CPU µs/req ours / Debian | requests per CPU-second ratio | front CPU busy ours / Debian | minor faults/1k req ours / Debian | instructions/req ours / Debian (callgrind) |");
+    let _ = writeln!(table, "|---|---|---|---|---|---|---|---|---|");
+    let mut load_bound = Vec::new();
     for (w, workload) in WORKLOADS.iter().enumerate() {
         let rps: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.0).collect())).collect();
         let cpu: Vec<f64> = (0..2).map(|s| median(runs[s][w].iter().map(|r| r.1).collect())).collect();
@@ -224,14 +227,22 @@ fn main() {
         // the server only makes) caps both stacks' req/s at the client's speed, and this is
         // the figure that still tells them apart.
         let capacity_ratio = cpu[1] / cpu[0];
+        // How much of its CPU the front worker used: below saturation, wrk on the other CPU
+        // is the bottleneck and req/s measures the client, for both stacks alike.
+        let busy: Vec<f64> = (0..2).map(|s| rps[s] * cpu[s] / 1e4).collect();
+        if busy.iter().any(|&b| b < SATURATED_PERCENT) {
+            load_bound.push(workload.label);
+        }
         let _ = writeln!(
             table,
-            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {capacity_ratio:.2} | {:.1} / {:.1} | {:.0} / {:.0} |",
+            "| {} | {:.1}k | {:.1}k | {ratio:.2} | {:.1} / {:.1} | {capacity_ratio:.2} | {:.0} % / {:.0} % | {:.1} / {:.1} | {:.0} / {:.0} |",
             workload.label,
             rps[0] / 1000.0,
             rps[1] / 1000.0,
             cpu[0],
             cpu[1],
+            busy[0],
+            busy[1],
             faults[0],
             faults[1],
             instructions[0][w],
@@ -239,11 +250,13 @@ fn main() {
         );
         let _ = writeln!(
             json,
-            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"cpu_capacity_ratio\": {capacity_ratio:.3}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {}, \"debian_instructions_per_request\": {}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
+            "    {{ \"key\": {:?}, \"label\": {:?}, \"ours_rps\": {:.0}, \"debian_rps\": {:.0}, \"ratio\": {ratio:.3}, \"cpu_capacity_ratio\": {capacity_ratio:.3}, \"ours_front_cpu_busy_percent\": {:.1}, \"debian_front_cpu_busy_percent\": {:.1}, \"ours_cpu_us_per_request\": {:.2}, \"debian_cpu_us_per_request\": {:.2}, \"ours_minor_faults_per_1k\": {:.1}, \"debian_minor_faults_per_1k\": {:.1}, \"ours_instructions_per_request\": {}, \"debian_instructions_per_request\": {}, \"ours_runs_rps\": {:?}, \"debian_runs_rps\": {:?} }}{}",
             workload.key,
             workload.label,
             rps[0],
             rps[1],
+            busy[0],
+            busy[1],
             cpu[0],
             cpu[1],
             faults[0],
@@ -261,6 +274,12 @@ fn main() {
         "  ],\n  \"seconds_per_run\": {seconds},\n  \"rounds\": {rounds},\n  \"connections\": {CONNECTIONS},\n  \"callgrind_requests\": {batch}\n}}\n"
     );
     println!("{table}");
+    if !load_bound.is_empty() {
+        println!(
+            "Below {SATURATED_PERCENT:.0} % front CPU, wrk was the bottleneck and the req/s ratio compares the client; requests per CPU-second compares the servers: {}\n",
+            load_bound.join("; ")
+        );
+    }
     println!("{vts_table}");
     println!("load average at end: {}", load_average());
     let json_path = target.join("versus-debian.json");
