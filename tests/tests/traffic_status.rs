@@ -726,6 +726,17 @@ fn status_json(port: u16, path: &str) -> Json {
     Json::parse(&r.body)
 }
 
+/// Starting nginx with `directive` beside a zone and one server fails, and nginx's error
+/// contains `message`.
+fn assert_directive_error(root: &Path, port: u16, directive: &str, message: &str) {
+    let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
+    let err = match Nginx::try_start(root, &conf(&body), &[port]) {
+        Ok(_) => panic!("nginx started with {directive}"),
+        Err(e) => e,
+    };
+    assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+}
+
 /// `vhost_traffic_status_filter_by_set_key` at http, server and location level: counts per
 /// filter group and key, keys without a group as server zones, `filter_check_duplicate`,
 /// `vhost_traffic_status_filter off`, `filter_max_node` dropping the least recently used key;
@@ -1019,17 +1030,7 @@ fn filter_directive_errors() {
         (r#"vhost_traffic_status_filter_by_set_key "";"#, "empty key"),
         ("vhost_traffic_status_filter_by_set_key a b c;", "invalid number of arguments"),
     ] {
-        let body = format!(
-            r#"
-        vhost_traffic_status_zone;
-        {directive}
-        server {{ listen 127.0.0.1:{port}; }}"#
-        );
-        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
-            Ok(_) => panic!("nginx started with {directive}"),
-            Err(e) => e,
-        };
-        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+        assert_directive_error(&root, port, directive, message);
     }
 }
 
@@ -1167,17 +1168,7 @@ fn histogram_and_limit_directive_errors() {
         ("vhost_traffic_status_limit_traffic in:lots;", r#"invalid limit "in:lots""#),
         ("vhost_traffic_status_limit_traffic in:10 700;", r#"invalid status code "700""#),
     ] {
-        let body = format!(
-            r#"
-        vhost_traffic_status_zone;
-        {directive}
-        server {{ listen 127.0.0.1:{port}; }}"#
-        );
-        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
-            Ok(_) => panic!("nginx started with {directive}"),
-            Err(e) => e,
-        };
-        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+        assert_directive_error(&root, port, directive, message);
     }
 }
 
@@ -1538,12 +1529,7 @@ fn stats_by_upstream_and_average_directives() {
     for (directive, message) in
         [("vhost_traffic_status_average_method XYZ;", r#"invalid method "XYZ""#), ("vhost_traffic_status_average_period soon;", r#"invalid period "soon""#)]
     {
-        let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
-        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
-            Ok(_) => panic!("nginx started with {directive}"),
-            Err(e) => e,
-        };
-        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+        assert_directive_error(&root, port, directive, message);
     }
 }
 
@@ -1672,12 +1658,7 @@ fn ignore_status_leaves_those_classes_uncounted() {
         ("vhost_traffic_status_ignore_status 6xx;", r#"invalid status class "6xx""#),
         ("vhost_traffic_status_ignore_status 1xx; vhost_traffic_status_ignore_status 3xx;", "is duplicate"),
     ] {
-        let body = format!("\n    vhost_traffic_status_zone;\n    {directive}\n    server {{ listen 127.0.0.1:{port}; }}");
-        let err = match Nginx::try_start(&root, &conf(&body), &[port]) {
-            Ok(_) => panic!("nginx started with {directive}"),
-            Err(e) => e,
-        };
-        assert!(err.contains(message), "{directive}: expected {message:?} in:\n{err}");
+        assert_directive_error(&root, port, directive, message);
     }
 }
 
