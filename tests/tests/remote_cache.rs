@@ -6,6 +6,7 @@
 use std::fs;
 use std::path::Path;
 use std::sync::Arc;
+use std::time::Duration;
 
 use e2e::garage::{Garage, BUCKET};
 use e2e::temp_dir;
@@ -170,6 +171,23 @@ fn faults_never_break_a_build_and_are_reported() {
     assert!(run_in(probe("unsigned"), &store("r4"), &reader).unwrap().built);
     assert!(refusals(&reader).first().map(ToString::to_string).unwrap_or_default().contains("unsigned"));
 
+    // An object whose record lands a moment later (a writer between its two uploads) is
+    // pulled once the record is there, not refused as unsigned.
+    run_in(probe("late"), &store("w-late"), &writer).unwrap();
+    let (late_object, late_copy) = (object_of("faults", &probe("late")), object_of("faults-late", &probe("late")));
+    s3.put(&late_copy, &s3.get(&late_object).unwrap()).unwrap();
+    let record = s3.get(&format!("{late_object}.sig")).unwrap();
+    let endpoint = garage.endpoint(1);
+    let late_writer = std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(150));
+        Client::new(&endpoint, BUCKET).unwrap().put(&format!("{late_copy}.sig"), &record).unwrap();
+    });
+    let reader = cache(garage.endpoint(0), "faults-late", &trusted, None, false);
+    let late = run_in(probe("late"), &store("r-late"), &reader).unwrap();
+    late_writer.join().unwrap();
+    assert!(late.pulled && !late.built, "{:#?}", reader.events());
+    clean(&reader);
+
     // Wrong credentials: one warning and a local build; an error when the cache is required.
     let wrong = Endpoint { secret_key: "0".repeat(64), ..garage.endpoint(0) };
     let reader = cache(wrong.clone(), "faults", &trusted, None, false);
@@ -181,7 +199,8 @@ fn faults_never_break_a_build_and_are_reported() {
     let err = run_in(probe("round"), &store("r6"), &required).unwrap_err().to_string();
     assert!(err.contains("--cache-required") && err.contains("HTTP 403"), "{err}");
 
-    // Two writers of one key at once both succeed; the entry then serves a reader.
+    // Two writers of one key at once both succeed (each builds, or pulls what the other has
+    // finished pushing); the entry then serves a reader.
     let racers: Vec<_> = ["x", "y"]
         .into_iter()
         .map(|name| {
@@ -191,8 +210,8 @@ fn faults_never_break_a_build_and_are_reported() {
         })
         .collect();
     for racer in racers {
-        let (built, remote) = racer.join().unwrap();
-        assert!(built.unwrap());
+        let (result, remote) = racer.join().unwrap();
+        result.unwrap();
         clean(&remote);
     }
     let reader = cache(garage.endpoint(2), "faults", &trusted, None, true);

@@ -7,7 +7,9 @@
 //! - `<object>.sig` beside each: a signature [`sign::Record`].
 //!
 //! A pull checks the record's key against the trusted keys, then the bytes against the record,
-//! before anything enters the local store. A cache that cannot be reached, or answers errors,
+//! before anything enters the local store. A writer uploads the object, then its record; a
+//! reader that finds an object without a record looks again for a moment before it calls the
+//! entry unsigned. A cache that cannot be reached, or answers errors,
 //! is reported once and then left alone for the rest of the run (unless it is required).
 //! Nothing here prints: every outcome is an [`Event`], for the caller to show.
 
@@ -18,7 +20,7 @@ use std::fs;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use crate::archive;
 use crate::error::{bail, Context, Error, Result};
@@ -29,6 +31,10 @@ use sign::{PublicKey, Record, SecretKey};
 const OUT_TOP: &str = "out";
 /// gzip level of step entries: uploaded once, downloaded by every runner.
 const LEVEL: u32 = 6;
+/// A writer puts an object, then its record: an object seen without a record may be an upload
+/// between its two requests, so the record is looked for again after each of these pauses
+/// before the entry is called unsigned.
+const RECORD_PAUSES: [Duration; 3] = [Duration::from_millis(50), Duration::from_millis(200), Duration::from_millis(750)];
 
 /// How to reach and trust a cache.
 #[derive(Clone)]
@@ -212,6 +218,20 @@ impl Remote {
         Ok(())
     }
 
+    /// The record of `object` if it appears within [`RECORD_PAUSES`] (a concurrent upload
+    /// finishing), `None` if it does not.
+    fn late_record(&self, object: &str) -> std::result::Result<Option<Vec<u8>>, S3Error> {
+        for pause in RECORD_PAUSES {
+            std::thread::sleep(pause);
+            match self.client.get(&format!("{object}.sig")) {
+                Ok(bytes) => return Ok(Some(bytes)),
+                Err(S3Error::NotFound) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(None)
+    }
+
     /// Fetches `rel` and its record and verifies both; `None` when absent, refused or the cache
     /// is down (each reported).
     fn fetch_verified(&self, rel: &str) -> Result<Option<Vec<u8>>> {
@@ -222,11 +242,15 @@ impl Remote {
         let record_text = match self.client.get(&format!("{object}.sig")) {
             Ok(bytes) => bytes,
             Err(S3Error::NotFound) => match self.client.get(&object) {
-                // An entry with no record is refused, not missed: someone wrote it unsigned.
-                Ok(_) => {
-                    self.emit(Event::Refused { object, key: "none".into(), reason: "it is unsigned (no .sig record beside it)".into() });
-                    return Ok(None);
-                }
+                Ok(_) => match self.late_record(&object) {
+                    Ok(Some(bytes)) => bytes,
+                    // An entry with no record is refused, not missed: someone wrote it unsigned.
+                    Ok(None) => {
+                        self.emit(Event::Refused { object, key: "none".into(), reason: "it is unsigned (no .sig record beside it)".into() });
+                        return Ok(None);
+                    }
+                    Err(e) => return self.fault(format!("GET {object}.sig: {e}")).map(|()| None),
+                },
                 Err(S3Error::NotFound) => {
                     self.emit(Event::Miss { object });
                     return Ok(None);
