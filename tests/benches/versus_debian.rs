@@ -11,9 +11,9 @@
 //! Upstream peers are a third nginx (the static binary) answering from memory.
 //!
 //! Writes the table to stdout and as JSON to `target/bench/versus-debian.json`.
-//! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 4, even so
-//! that each stack goes first in half the rounds)
-//! shorten a run; `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch;
+//! Run: `cargo xtask bench --load`. `BENCH_SECONDS` (default 10) and `BENCH_ROUNDS` (default 4,
+//! even so that ours and Debian each run before the other in half the rounds) shorten a run;
+//! `BENCH_CALLGRIND_REQUESTS` (default 400) sets the callgrind batch;
 //! `BENCH_BINARY` measures another static nginx (an older build, say) in place of the bundle's.
 
 use std::fmt::Write as _;
